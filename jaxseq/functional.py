@@ -1,0 +1,177 @@
+"""Pure, jit-able recurrent stacks: ``(params, x, lengths, hx) -> (output, state)``.
+
+These are the functions the :mod:`jaxseq` NNX modules wrap; Linen, Equinox or plain-JAX users can
+call them directly. ``params`` is a flat dict keyed by torch names (``weight_ih_l0``,
+``bias_hh_l1_reverse``, ``weight_hr_l0``...; see :mod:`jaxseq.layout`), so a torch ``state_dict``
+converted with ``{k: jnp.asarray(v.numpy())}`` can be used as is. The structure (layers,
+directions, bias, projection) is read from the keys.
+
+Semantics are those of torch's ``nn.LSTM/GRU/RNN`` on a ``PackedSequence`` built with
+``pack_padded_sequence(x, lengths, enforce_sorted=False)`` and unpacked with
+``pad_packed_sequence(total_length=T)``:
+
+* ``output [T, B, D*H_out]`` (``[B, T, ·]`` with ``batch_first``) is exactly 0 at ``t >= lengths[b]``;
+* ``h_n [D*L, B, H_out]`` (and ``c_n [D*L, B, H]``), index ``layer*D + direction``, hold each row's
+  state after its own last valid step (forward) or after reading ``lengths[b]-1 .. 0`` (reverse);
+* rows with ``lengths[b] == 0`` (which torch rejects) output only padding and return ``hx``;
+* padded input content never matters: it is replaced by 0 with ``jnp.where`` before use, so NaN or
+  inf there reaches no output and no gradient (the input gradient is exactly 0 there).
+
+Example:
+  >>> import jax, jax.numpy as jnp
+  >>> from jaxseq import functional as F, init
+  >>> params = init.torch_default(jax.random.key(0), "LSTM", input_size=3, hidden_size=5)
+  >>> x = jnp.ones((4, 2, 3))                                # [T=4, B=2, I=3]
+  >>> out, (h_n, c_n) = F.lstm(params, x, lengths=jnp.array([4, 2]))
+  >>> out.shape, h_n.shape, bool((out[2:, 1] == 0).all())
+  ((4, 2, 5), (1, 2, 5), True)
+"""
+from __future__ import annotations
+
+from functools import partial
+from typing import Any, Mapping, Optional, Sequence
+
+import jax
+import jax.numpy as jnp
+
+from jaxseq.layout import Structure, infer_structure
+from jaxseq.scan import run_layer
+from jaxseq.validation import check_lengths
+
+Params = Mapping[str, jax.Array]
+
+
+def _state_shapes(s: Structure, batch: int) -> list[tuple[int, ...]]:
+    shapes = [(s.num_directions * s.num_layers, batch, s.output_size)]
+    if s.mode == "LSTM":
+        shapes.append((s.num_directions * s.num_layers, batch, s.hidden_size))
+    return shapes
+
+
+def _check_input(s: Structure, x: Any) -> None:
+    if not hasattr(x, "ndim") or x.ndim not in (2, 3):
+        got = getattr(x, "shape", type(x).__name__)
+        raise ValueError(f"Expected input of shape [T, B, input_size] (or [B, T, input_size] with "
+                         f"batch_first, or unbatched [T, input_size]), got {got}")
+    if x.shape[-1] != s.input_size:
+        raise ValueError(f"input.size(-1) must be equal to input_size. Expected {s.input_size}, "
+                         f"got {x.shape[-1]}")
+    if not jnp.issubdtype(x.dtype, jnp.floating):
+        raise TypeError(f"input must have a floating dtype, got {x.dtype}")
+
+
+def _check_state(s: Structure, hx: Any, batch: int, unbatched: bool) -> list[jax.Array]:
+    """Validate ``hx`` and return it as a list ``[h0]`` or ``[h0, c0]`` of batched arrays."""
+    names = ["h_0", "c_0"] if s.mode == "LSTM" else ["h_0"]
+    if s.mode == "LSTM":
+        if not isinstance(hx, (tuple, list)) or len(hx) != 2:
+            raise TypeError(f"LSTM expects hx=(h_0, c_0), got {type(hx).__name__}")
+        parts = list(hx)
+    else:
+        if isinstance(hx, (tuple, list)):
+            raise TypeError(f"{s.mode} expects hx=h_0 (a single array), got a {type(hx).__name__}")
+        parts = [hx]
+    out = []
+    for name, part, want in zip(names, parts, _state_shapes(s, batch)):
+        want = want[::2] if unbatched else want
+        got = tuple(getattr(part, "shape", ()))
+        if got != want:
+            raise ValueError(f"Expected hidden size {want} for {name}, got {got}")
+        if not jnp.issubdtype(part.dtype, jnp.floating):
+            raise TypeError(f"{name} must have a floating dtype, got {part.dtype}")
+        out.append(part[:, None] if unbatched else part)
+    return out
+
+
+def _per_layer(masks: Optional[Sequence[Any]], count: int, what: str) -> list[Any]:
+    if masks is None:
+        return [None] * count
+    masks = list(masks)
+    if len(masks) != count:
+        raise ValueError(f"{what}: expected {count} masks (one per layer{' boundary' if what == 'dropout_masks' else ''}), "
+                         f"got {len(masks)}")
+    return masks
+
+
+def recurrent(mode: str, params: Params, x: jax.Array, lengths: Optional[jax.Array] = None,
+              hx: Any = None, *, batch_first: bool = False,
+              dropout_masks: Optional[Sequence[Optional[jax.Array]]] = None,
+              state_masks: Optional[Sequence[Optional[jax.Array]]] = None,
+              weight_hh_masks: Optional[Sequence[Optional[jax.Array]]] = None,
+              unroll: int = 1) -> tuple[jax.Array, Any]:
+    """Run a torch-compatible recurrent stack over a padded batch.
+
+    Args:
+      mode: ``"LSTM"``, ``"GRU"``, ``"RNN_TANH"`` or ``"RNN_RELU"`` (torch's names).
+      params: torch-named parameters (see :mod:`jaxseq.layout`); their dtype is the compute dtype.
+      x: ``[T, B, I]`` (``[B, T, I]`` with ``batch_first``), or unbatched ``[T, I]``.
+      lengths: integer ``[B]`` with ``0 <= lengths[b] <= T``; ``None`` means all ``T``.
+      hx: ``(h_0 [D*L, B, H_out], c_0 [D*L, B, H])`` for LSTM, ``h_0`` otherwise; zeros if ``None``.
+      batch_first: layout of ``x`` and ``output``.
+      dropout_masks: ``L-1`` multipliers (already scaled by ``1/(1-p)``), each broadcastable to the
+        output of layers ``0..L-2`` (``[T, B, D*H_out]``, or ``[B, T, ·]`` with ``batch_first``):
+        torch's inter-layer ``dropout`` when drawn element-wise, locked dropout when constant in time.
+      state_masks: ``L`` multipliers broadcastable to ``[D, B, H_out]`` applied to ``h_{t-1}`` where it
+        enters ``W_hh`` at every step (variational recurrent dropout; the carried state is not masked).
+      weight_hh_masks: ``L`` multipliers broadcastable to ``[D, G, H_out]`` applied to ``W_hh`` for the
+        whole call (weight drop / DropConnect).
+      unroll: ``lax.scan`` unroll factor.
+
+    Returns:
+      ``(output, (h_n, c_n))`` for LSTM, ``(output, h_n)`` otherwise; shapes as in the module docs.
+
+    Raises:
+      ValueError / TypeError: bad shapes, dtypes or (concrete) lengths, before any computation.
+    """
+    s = infer_structure(mode, params)
+    _check_input(s, x)
+    unbatched = x.ndim == 2
+    if unbatched:
+        if lengths is not None:
+            raise ValueError("`lengths` must be None for unbatched input [T, input_size]")
+        x = x[:, None]
+    elif batch_first:
+        x = jnp.swapaxes(x, 0, 1)
+    T, B = x.shape[0], x.shape[1]
+    lengths = (jnp.full((B,), T, jnp.int32) if lengths is None
+               else check_lengths(lengths, T, B))
+    dtype = params["weight_ih_l0"].dtype
+    if hx is None:
+        state = [jnp.zeros(shape, dtype) for shape in _state_shapes(s, B)]
+    else:
+        state = [h.astype(dtype) for h in _check_state(s, hx, B, unbatched)]
+    L, D = s.num_layers, s.num_directions
+    drop = _per_layer(dropout_masks, L - 1, "dropout_masks")
+    smasks = _per_layer(state_masks, L, "state_masks")
+    wmasks = _per_layer(weight_hh_masks, L, "weight_hh_masks")
+
+    valid = jnp.arange(T)[:, None] < lengths[None, :]                       # [T, B]
+    layer_in = jnp.where(valid[..., None], x.astype(dtype), jnp.zeros((), dtype))
+    finals = []
+    for layer in range(L):
+        carry0 = tuple(h[layer * D:(layer + 1) * D] for h in state)
+        layer_in, carry = run_layer(mode, params, layer, D, layer_in, lengths, carry0,
+                                    state_mask=smasks[layer], weight_hh_mask=wmasks[layer],
+                                    unroll=unroll)
+        finals.append(carry)
+        if layer < L - 1 and drop[layer] is not None:
+            mask = drop[layer]
+            mask = jnp.swapaxes(mask, 0, 1) if batch_first and jnp.ndim(mask) == 3 else mask
+            layer_in = layer_in * mask
+    output = layer_in
+    h_n = [jnp.concatenate([c[i] for c in finals], axis=0) for i in range(len(state))]
+    if unbatched:
+        output, h_n = output[:, 0], [h[:, 0] for h in h_n]
+    elif batch_first:
+        output = jnp.swapaxes(output, 0, 1)
+    return output, (tuple(h_n) if mode == "LSTM" else h_n[0])
+
+
+lstm = partial(recurrent, "LSTM")
+lstm.__doc__ = "``recurrent('LSTM', ...)``: returns ``(output, (h_n, c_n))``."
+gru = partial(recurrent, "GRU")
+gru.__doc__ = "``recurrent('GRU', ...)``: returns ``(output, h_n)``."
+rnn_tanh = partial(recurrent, "RNN_TANH")
+rnn_tanh.__doc__ = "``recurrent('RNN_TANH', ...)``: returns ``(output, h_n)``."
+rnn_relu = partial(recurrent, "RNN_RELU")
+rnn_relu.__doc__ = "``recurrent('RNN_RELU', ...)``: returns ``(output, h_n)``."

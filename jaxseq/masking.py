@@ -1,0 +1,98 @@
+"""Length masks and per-row time indexing of padded batches.
+
+These are the building blocks that replace ``PackedSequence``: a batch is a padded array plus an
+integer ``lengths [B]``; position ``t`` of row ``b`` is valid iff ``t < lengths[b]``.
+"""
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+
+from jaxseq.validation import check_lengths
+
+
+def _time_axis(batch_first: bool) -> int:
+    return 1 if batch_first else 0
+
+
+def length_mask(lengths: jax.Array, max_len: int) -> jax.Array:
+    """Boolean validity mask ``[B, max_len]``: ``mask[b, t] = t < lengths[b]``.
+
+    Args:
+      lengths: integer ``[B]``, ``0 <= lengths[b] <= max_len``.
+      max_len: ``T``, the padded length.
+
+    Returns:
+      ``bool [B, max_len]``.
+
+    >>> length_mask(jnp.array([2, 0, 3]), 3).astype(int)
+    Array([[1, 1, 0],
+           [0, 0, 0],
+           [1, 1, 1]], dtype=int32)
+    """
+    lengths = check_lengths(lengths, max_len)
+    return jnp.arange(max_len)[None, :] < lengths[:, None]
+
+
+def _within_length_reversal_index(lengths: jax.Array, max_len: int) -> jax.Array:
+    """``idx [B, T]`` with ``idx[b, t] = lengths[b]-1-t`` for valid ``t`` and ``t`` for padding."""
+    t = jnp.arange(max_len)[None, :]
+    return jnp.where(t < lengths[:, None], lengths[:, None] - 1 - t, t)
+
+
+def reverse_padded(x: jax.Array, lengths: jax.Array, batch_first: bool = False) -> jax.Array:
+    """Reverse every row within its own length; padded positions stay where they are.
+
+    This is what torch's reverse direction does to a ``PackedSequence``: row ``b`` is read from
+    ``lengths[b]-1`` down to ``0``. Applying it twice is the identity.
+
+    Args:
+      x: ``[T, B, ...]`` (or ``[B, T, ...]`` with ``batch_first=True``).
+      lengths: integer ``[B]``.
+      batch_first: layout of ``x``.
+
+    Returns:
+      Array of the same shape and dtype as ``x``.
+
+    >>> x = jnp.array([[1, 2, 3], [4, 5, 0]])
+    >>> reverse_padded(x, jnp.array([3, 2]), batch_first=True)
+    Array([[3, 2, 1],
+           [5, 4, 0]], dtype=int32)
+    """
+    t_axis = _time_axis(batch_first)
+    max_len, batch = x.shape[t_axis], x.shape[1 - t_axis]
+    lengths = check_lengths(lengths, max_len, batch)
+    idx = _within_length_reversal_index(lengths, max_len)  # [B, T]
+    if not batch_first:
+        idx = idx.T  # [T, B]
+    idx = idx.reshape(idx.shape + (1,) * (x.ndim - 2))
+    return jnp.take_along_axis(x, idx, axis=t_axis)
+
+
+def last_valid(output: jax.Array, lengths: jax.Array, batch_first: bool = False) -> jax.Array:
+    """Each row's output at its last valid step ``t = lengths[b]-1``.
+
+    The correct replacement for ``output[:, -1]`` / ``output[-1]`` on a padded RNN output, which
+    reads padding for every row shorter than ``T``. Rows with ``lengths[b] == 0`` get zeros.
+
+    Args:
+      output: ``[T, B, F...]`` (or ``[B, T, F...]`` with ``batch_first=True``).
+      lengths: integer ``[B]``.
+      batch_first: layout of ``output``.
+
+    Returns:
+      ``[B, F...]``.
+
+    >>> out = jnp.arange(6.0).reshape(2, 3, 1)        # [B=2, T=3, F=1]
+    >>> last_valid(out, jnp.array([2, 3]), batch_first=True)
+    Array([[1.],
+           [5.]], dtype=float32)
+    """
+    t_axis = _time_axis(batch_first)
+    max_len, batch = output.shape[t_axis], output.shape[1 - t_axis]
+    lengths = check_lengths(lengths, max_len, batch)
+    seq = output if batch_first else jnp.swapaxes(output, 0, 1)  # [B, T, ...]
+    idx = jnp.maximum(lengths - 1, 0).reshape((batch, 1) + (1,) * (seq.ndim - 2))
+    picked = jnp.take_along_axis(seq, idx, axis=1)[:, 0]
+    keep = (lengths > 0).reshape((batch,) + (1,) * (picked.ndim - 1))
+    return jnp.where(keep, picked, jnp.zeros((), picked.dtype))

@@ -1,0 +1,209 @@
+"""Flax NNX twins of ``torch.nn.LSTM``, ``torch.nn.GRU`` and ``torch.nn.RNN``.
+
+Thin modules: they own torch-named parameters (``module.weight_ih_l0`` ... as ``nnx.Param``) and a
+dropout RNG stream, and call :func:`jaxseq.functional.recurrent`. See that function for the exact
+semantics (packed-sequence parity, zero padding, ``h_n`` layout, zero-length rows).
+"""
+from __future__ import annotations
+
+import warnings
+from typing import Any, Optional, Sequence
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+from flax.nnx.module import first_from
+
+from jaxseq import functional, init
+from jaxseq.dropout import _key_from, check_rate, keep_mask
+from jaxseq.layout import Structure, describe, param_shapes
+
+
+def _check_size(value: Any, name: str, minimum: int = 1) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}")
+    return value
+
+
+class RecurrentBase(nnx.Module):
+    """Shared implementation of :class:`LSTM`, :class:`GRU` and :class:`RNN` (use those).
+
+    Extra keyword arguments (beyond torch's):
+      recurrent_dropout: rate of a variational mask on ``h_{t-1}`` where it enters ``W_hh`` (one mask
+        per sequence, layer and direction, reused at every step; Gal & Ghahramani). Training only.
+      weight_drop: rate of DropConnect on every ``W_hh`` (one mask per call, shared by all steps and
+        rows; AWD-LSTM's ``WeightDrop``). Training only.
+      param_dtype: dtype of the parameters, which is also the compute dtype (default float32).
+      deterministic: initial mode; ``True`` (evaluation: no dropout) by default. ``module.train()`` /
+        ``module.eval()`` switch it, as for ``nnx.Dropout``.
+      unroll: ``lax.scan`` unroll factor.
+    """
+
+    def __init__(self, mode: str, input_size: int, hidden_size: int, num_layers: int = 1,
+                 bias: bool = True, batch_first: bool = False, dropout: float = 0.0,
+                 bidirectional: bool = False, proj_size: int = 0, *, rngs: nnx.Rngs,
+                 recurrent_dropout: float = 0.0, weight_drop: float = 0.0,
+                 param_dtype: jnp.dtype = jnp.float32, deterministic: bool = True, unroll: int = 1):
+        _check_size(input_size, "input_size")
+        _check_size(hidden_size, "hidden_size")
+        _check_size(num_layers, "num_layers")
+        _check_size(proj_size, "proj_size", minimum=0)
+        _check_size(unroll, "unroll")
+        if proj_size >= hidden_size:
+            raise ValueError(f"proj_size has to be smaller than hidden_size, got proj_size={proj_size} "
+                             f"and hidden_size={hidden_size}")
+        if not jnp.issubdtype(param_dtype, jnp.floating):
+            raise TypeError(f"param_dtype must be a floating dtype, got {param_dtype}")
+        self.dropout = check_rate(dropout, "dropout")
+        self.recurrent_dropout = check_rate(recurrent_dropout, "recurrent_dropout")
+        self.weight_drop = check_rate(weight_drop, "weight_drop")
+        if self.dropout > 0 and num_layers == 1:
+            warnings.warn("dropout option adds dropout after all but last recurrent layer, so non-zero "
+                          f"dropout expects num_layers greater than 1, but got dropout={dropout} and "
+                          f"num_layers={num_layers}", stacklevel=3)
+        self.structure = Structure(mode, input_size, hidden_size, num_layers, bool(bias),
+                                   bool(bidirectional), proj_size)
+        self.batch_first = bool(batch_first)
+        self.deterministic = deterministic
+        self.unroll = unroll
+        values = init.torch_default(rngs.params(), mode, input_size, hidden_size, num_layers, bias,
+                                    bidirectional, proj_size, param_dtype)
+        for name, value in values.items():
+            setattr(self, name, nnx.Param(value))
+        uses_rng = max(self.dropout, self.recurrent_dropout, self.weight_drop) > 0
+        self.rngs = rngs["dropout"].fork() if uses_rng else nnx.data(None)
+
+    # -- torch-facing views ------------------------------------------------------------------
+    @property
+    def mode(self) -> str:
+        return self.structure.mode
+
+    def param_names(self) -> tuple[str, ...]:
+        """Torch parameter names of this module, in ``state_dict`` order."""
+        return tuple(param_shapes(self.structure))
+
+    def param_dict(self) -> dict[str, jax.Array]:
+        """``{torch name: current value}`` (the ``params`` argument of :mod:`jaxseq.functional`)."""
+        return {name: getattr(self, name)[...] for name in self.param_names()}
+
+    def __repr__(self) -> str:  # torch-like, e.g. LSTM(8, 16, num_layers=2, bidirectional=True)
+        return describe(self.structure)
+
+    # -- dropout masks -----------------------------------------------------------------------
+    def _draw_masks(self, x: jax.Array, key: jax.Array) -> dict[str, Optional[list]]:
+        s, dtype = self.structure, getattr(self, "weight_ih_l0").dtype
+        D, L, H_out = s.num_directions, s.num_layers, s.output_size
+        k_drop, k_state, k_weight = jax.random.split(key, 3)
+        batch_axis = 0 if self.batch_first else 1
+        out_shape = x.shape[:-1] + (D * H_out,) if x.ndim == 3 else (x.shape[0], D * H_out)
+        B = x.shape[batch_axis] if x.ndim == 3 else 1
+        masks: dict[str, Optional[list]] = {}
+        if self.dropout > 0 and L > 1:
+            masks["dropout_masks"] = [keep_mask(k, self.dropout, out_shape, dtype)
+                                      for k in jax.random.split(k_drop, L - 1)]
+        if self.recurrent_dropout > 0:
+            shape = (D, B, H_out) if x.ndim == 3 else (D, 1, H_out)
+            masks["state_masks"] = [keep_mask(k, self.recurrent_dropout, shape, dtype)
+                                    for k in jax.random.split(k_state, L)]
+        if self.weight_drop > 0:
+            masks["weight_hh_masks"] = [keep_mask(k, self.weight_drop, (D, s.gates * s.hidden_size, H_out), dtype)
+                                        for k in jax.random.split(k_weight, L)]
+        return masks
+
+    def __call__(self, x: jax.Array, lengths: Optional[jax.Array] = None, hx: Any = None, *,
+                 deterministic: Optional[bool] = None,
+                 rngs: nnx.Rngs | nnx.RngStream | jax.Array | None = None,
+                 dropout_masks: Optional[Sequence[jax.Array]] = None,
+                 state_masks: Optional[Sequence[jax.Array]] = None,
+                 weight_hh_masks: Optional[Sequence[jax.Array]] = None) -> tuple[jax.Array, Any]:
+        """Run the stack. ``x [T, B, I]`` (``[B, T, I]`` if ``batch_first``), ``lengths [B]``, ``hx``.
+
+        Returns ``(output, h_n)`` (GRU/RNN) or ``(output, (h_n, c_n))`` (LSTM), as torch on a
+        ``PackedSequence`` after ``pad_packed_sequence(total_length=T)``.
+
+        In training mode (``deterministic=False``) masks are drawn from ``rngs`` (a key, stream or
+        ``Rngs``; default: the module's own ``dropout`` stream) for every dropout with a positive rate.
+        Explicit ``dropout_masks`` / ``state_masks`` / ``weight_hh_masks`` (see
+        :func:`jaxseq.functional.recurrent`) are always applied as given and replace drawn ones.
+        """
+        explicit = {"dropout_masks": dropout_masks, "state_masks": state_masks,
+                    "weight_hh_masks": weight_hh_masks}
+        masks: dict[str, Any] = {}
+        deterministic = first_from(deterministic, self.deterministic, error_msg="deterministic not set")
+        if not deterministic and max(self.dropout, self.recurrent_dropout, self.weight_drop) > 0:
+            source = first_from(rngs, self.rngs,
+                                error_msg=f"{self!r} in training mode needs `rngs` to draw dropout masks")
+            masks = self._draw_masks(x, _key_from(source))
+        masks.update({k: v for k, v in explicit.items() if v is not None})
+        return functional.recurrent(self.mode, self.param_dict(), x, lengths, hx,
+                                    batch_first=self.batch_first, unroll=self.unroll, **masks)
+
+
+class LSTM(RecurrentBase):
+    """Twin of ``torch.nn.LSTM`` over padded batches with explicit ``lengths``.
+
+    ``output, (h_n, c_n) = lstm(x, lengths=None, hx=None)`` with ``x [T, B, I]`` (``[B, T, I]`` if
+    ``batch_first``), ``output [T, B, D*H_out]`` (0 at padding), ``h_n [D*L, B, H_out]``,
+    ``c_n [D*L, B, H]``, ``H_out = proj_size or hidden_size``. Constructor arguments are torch's;
+    extra keywords are documented on :class:`RecurrentBase`.
+
+    >>> lstm = LSTM(3, 8, num_layers=2, bidirectional=True, rngs=nnx.Rngs(0))
+    >>> out, (h_n, c_n) = lstm(jnp.ones((5, 2, 3)), lengths=jnp.array([5, 3]))
+    >>> out.shape, h_n.shape, c_n.shape
+    ((5, 2, 16), (4, 2, 8), (4, 2, 8))
+    """
+
+    def __init__(self, input_size: int, hidden_size: int, num_layers: int = 1, bias: bool = True,
+                 batch_first: bool = False, dropout: float = 0.0, bidirectional: bool = False,
+                 proj_size: int = 0, *, rngs: nnx.Rngs, **extras: Any):
+        super().__init__("LSTM", input_size, hidden_size, num_layers, bias, batch_first, dropout,
+                         bidirectional, proj_size, rngs=rngs, **extras)
+
+
+class GRU(RecurrentBase):
+    """Twin of ``torch.nn.GRU`` (gates ``r, z, n``, with ``b_hn`` inside ``r * (W_hn h + b_hn)``).
+
+    ``output, h_n = gru(x, lengths=None, hx=None)``; shapes as :class:`LSTM` without ``c``.
+
+    >>> gru = GRU(3, 4, batch_first=True, rngs=nnx.Rngs(0))
+    >>> out, h_n = gru(jnp.ones((2, 5, 3)), lengths=jnp.array([5, 1]))
+    >>> out.shape, h_n.shape
+    ((2, 5, 4), (1, 2, 4))
+    """
+
+    def __init__(self, input_size: int, hidden_size: int, num_layers: int = 1, bias: bool = True,
+                 batch_first: bool = False, dropout: float = 0.0, bidirectional: bool = False, *,
+                 rngs: nnx.Rngs, **extras: Any):
+        if extras.get("proj_size"):
+            raise ValueError("proj_size is only supported by LSTM (torch.nn.GRU has no proj_size)")
+        extras.pop("proj_size", None)
+        super().__init__("GRU", input_size, hidden_size, num_layers, bias, batch_first, dropout,
+                         bidirectional, 0, rngs=rngs, **extras)
+
+
+class RNN(RecurrentBase):
+    """Twin of ``torch.nn.RNN`` (Elman, ``nonlinearity`` ``"tanh"`` or ``"relu"``).
+
+    ``output, h_n = rnn(x, lengths=None, hx=None)``; shapes as :class:`GRU`.
+
+    >>> rnn = RNN(3, 4, nonlinearity="relu", rngs=nnx.Rngs(0))
+    >>> rnn(jnp.ones((5, 2, 3)))[0].shape
+    (5, 2, 4)
+    """
+
+    def __init__(self, input_size: int, hidden_size: int, num_layers: int = 1,
+                 nonlinearity: str = "tanh", bias: bool = True, batch_first: bool = False,
+                 dropout: float = 0.0, bidirectional: bool = False, *, rngs: nnx.Rngs,
+                 **extras: Any):
+        modes = {"tanh": "RNN_TANH", "relu": "RNN_RELU"}
+        if nonlinearity not in modes:
+            raise ValueError(f"Unknown nonlinearity '{nonlinearity}'. Select from 'tanh' or 'relu'.")
+        if extras.get("proj_size"):
+            raise ValueError("proj_size is only supported by LSTM (torch.nn.RNN has no proj_size)")
+        extras.pop("proj_size", None)
+        super().__init__(modes[nonlinearity], input_size, hidden_size, num_layers, bias, batch_first,
+                         dropout, bidirectional, 0, rngs=rngs, **extras)
+
+    @property
+    def nonlinearity(self) -> str:
+        return "relu" if self.mode == "RNN_RELU" else "tanh"

@@ -1,0 +1,1 @@
+"""Parity suite: jaxseq against torch packed sequences (outputs, states and gradients)."""

@@ -1,0 +1,172 @@
+"""Run one configuration through torch (packed) and jaxseq with identical weights; measure errors.
+
+Shared by the pytest suite and ``python -m parity_tests.report``. Both sides see the same input,
+with NaN at every padded position, the same initial state and the same output cotangents; the
+torch side runs ``pack_padded_sequence(enforce_sorted=False)``. Gradients are taken with respect
+to the input, the initial state(s) and every parameter (matched by torch name).
+"""
+from __future__ import annotations
+
+import dataclasses
+from typing import Optional
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import torch
+from flax import nnx
+
+import jaxseq
+from jaxseq import functional
+from torch_ref.packed import run_packed
+
+TORCH_CLASSES = {"LSTM": torch.nn.LSTM, "GRU": torch.nn.GRU, "RNN_TANH": torch.nn.RNN,
+                 "RNN_RELU": torch.nn.RNN}
+JAX_CLASSES = {"LSTM": jaxseq.LSTM, "GRU": jaxseq.GRU, "RNN_TANH": jaxseq.RNN, "RNN_RELU": jaxseq.RNN}
+DTYPES = {"float64": (torch.float64, jnp.float64), "float32": (torch.float32, jnp.float32)}
+
+
+@dataclasses.dataclass(frozen=True)
+class Config:
+    mode: str = "LSTM"
+    num_layers: int = 1
+    bidirectional: bool = False
+    proj_size: int = 0
+    bias: bool = True
+    batch_first: bool = False
+    with_hx: bool = False
+    input_size: int = 3
+    hidden_size: int = 5
+    batch: int = 6
+    time: int = 7
+    zero_rows: int = 0        # how many rows get length 0 (checked against hx, not torch)
+    seed: int = 0
+
+    def label(self) -> str:
+        parts = [self.mode, f"L{self.num_layers}", "bi" if self.bidirectional else "uni"]
+        parts += [f"P{self.proj_size}"] if self.proj_size else []
+        parts += [] if self.bias else ["nobias"]
+        parts += ["bf"] if self.batch_first else []
+        parts += ["hx"] if self.with_hx else []
+        parts += [f"zero{self.zero_rows}"] if self.zero_rows else []
+        return "-".join(parts)
+
+    def torch_kwargs(self) -> dict:
+        kw = dict(num_layers=self.num_layers, bias=self.bias, batch_first=self.batch_first,
+                  bidirectional=self.bidirectional)
+        if self.mode == "LSTM":
+            kw["proj_size"] = self.proj_size
+        if self.mode.startswith("RNN"):
+            kw["nonlinearity"] = self.mode[4:].lower()
+        return kw
+
+
+def random_lengths(rng: np.random.Generator, batch: int, time: int, zero_rows: int = 0) -> np.ndarray:
+    """Unsorted lengths in ``[1, T]`` that include 1 and T, then ``zero_rows`` rows set to 0."""
+    lengths = rng.integers(1, time + 1, size=batch)
+    head = [time, 1][:batch]
+    lengths[:len(head)] = head
+    lengths[2:2 + zero_rows] = 0
+    return rng.permutation(lengths)
+
+
+def _time_major(a: np.ndarray, batch_first: bool) -> np.ndarray:
+    return np.swapaxes(a, 0, 1) if batch_first else a
+
+
+def _rel_err(got, want) -> float:
+    got, want = np.asarray(got, np.float64), np.asarray(want, np.float64)
+    return float(np.max(np.abs(got - want)) / max(np.max(np.abs(want)), 1e-30))
+
+
+def run(cfg: Config, dtype: str = "float64") -> dict[str, float]:
+    """Compare one configuration; return ``{quantity: max relative error}``.
+
+    Quantities: ``output``, ``h_n``, ``c_n`` (LSTM), ``grad_x``, ``grad_h0``, ``grad_c0`` (with hx),
+    ``grad_<torch param name>`` for every parameter, plus ``zero_rows`` checks (0.0 when exact).
+    Relative error = max |jax - torch| / max |torch| over the compared entries.
+    """
+    t_dtype, j_dtype = DTYPES[dtype]
+    rng = np.random.default_rng(cfg.seed)
+    torch.manual_seed(cfg.seed)
+    tmod = TORCH_CLASSES[cfg.mode](cfg.input_size, cfg.hidden_size, **cfg.torch_kwargs()).to(t_dtype)
+    jmod = JAX_CLASSES[cfg.mode](cfg.input_size, cfg.hidden_size, **cfg.torch_kwargs(),
+                                 param_dtype=j_dtype, rngs=nnx.Rngs(cfg.seed))
+    jaxseq.load_torch_state_dict(jmod, tmod.state_dict())
+
+    T, B, D = cfg.time, cfg.batch, 2 if cfg.bidirectional else 1
+    H_out = cfg.proj_size or cfg.hidden_size
+    lengths = random_lengths(rng, B, T, cfg.zero_rows)
+    x_tm = rng.standard_normal((T, B, cfg.input_size))
+    x_tm[np.arange(T)[:, None] >= lengths[None, :]] = np.nan        # padding must never matter
+    x = _time_major(x_tm, cfg.batch_first)
+    state_shapes = [(D * cfg.num_layers, B, H_out)]
+    if cfg.mode == "LSTM":
+        state_shapes.append((D * cfg.num_layers, B, cfg.hidden_size))
+    hx = [rng.standard_normal(s) for s in state_shapes] if cfg.with_hx else None
+    cot_out = _time_major(rng.standard_normal((T, B, D * H_out)), cfg.batch_first)
+    cot_states = [rng.standard_normal(s) for s in state_shapes]
+
+    # --- jaxseq: outputs and the VJP of (output, states) with the same cotangents, one jit ----
+    pack = (lambda s: tuple(s)) if cfg.mode == "LSTM" else (lambda s: s[0])
+    unpack = (lambda s: list(s)) if cfg.mode == "LSTM" else (lambda s: [s])
+    jx = jnp.asarray(x, j_dtype)
+    jhx = None if hx is None else pack([jnp.asarray(h, j_dtype) for h in hx])
+    cots = (jnp.asarray(cot_out, j_dtype), pack([jnp.asarray(c, j_dtype) for c in cot_states]))
+
+    @jax.jit
+    def forward_and_grads(params, xx, h0):
+        run_it = lambda p, xi, hi: functional.recurrent(cfg.mode, p, xi, jnp.asarray(lengths), hi,
+                                                        batch_first=cfg.batch_first)
+        result, vjp = jax.vjp(run_it, params, xx, h0)
+        return result, vjp(cots)
+
+    (j_out, j_state), j_grads = forward_and_grads(jmod.param_dict(), jx, jhx)
+
+    # --- torch on the non-empty rows (torch rejects zero lengths) ---------------------------
+    keep = np.flatnonzero(lengths > 0)
+    b_axis = 0 if cfg.batch_first else 1
+    tx = torch.tensor(np.take(x, keep, axis=b_axis), dtype=t_dtype, requires_grad=True)
+    thx = None
+    if hx is not None:
+        thx = [torch.tensor(h[:, keep], dtype=t_dtype, requires_grad=True) for h in hx]
+    t_out, t_state = run_packed(tmod, tx, lengths[keep], None if thx is None else pack(thx))
+    t_states = unpack(t_state)
+    total = (t_out * torch.tensor(np.take(cot_out, keep, axis=b_axis), dtype=t_dtype)).sum()
+    for s, c in zip(t_states, cot_states):
+        total = total + (s * torch.tensor(c[:, keep], dtype=t_dtype)).sum()
+    tmod.zero_grad()
+    total.backward()
+
+    errors: dict[str, float] = {}
+    errors["output"] = _rel_err(np.take(np.asarray(j_out), keep, axis=b_axis), t_out.detach().numpy())
+    for name, js, ts in zip(["h_n", "c_n"], unpack(j_state), t_states):
+        errors[name] = _rel_err(np.asarray(js)[:, keep], ts.detach().numpy())
+    g_params, g_x, g_hx = j_grads
+    errors["grad_x"] = _rel_err(np.take(np.asarray(g_x), keep, axis=b_axis), tx.grad.numpy())
+    if hx is not None:
+        for name, jg, th in zip(["grad_h0", "grad_c0"], unpack(g_hx), thx):
+            errors[name] = _rel_err(np.asarray(jg)[:, keep], th.grad.numpy())
+    for name, p in tmod.named_parameters():
+        errors[f"grad_{name}"] = _rel_err(g_params[name], p.grad.numpy())
+
+    # --- exact expectations that need no torch -----------------------------------------------
+    pad = np.arange(T)[:, None] >= lengths[None, :]
+    out_tm = _time_major(np.asarray(j_out), cfg.batch_first)
+    gx_tm = _time_major(np.asarray(g_x), cfg.batch_first)
+    problems = int(np.count_nonzero(out_tm[pad])) + int(np.count_nonzero(gx_tm[pad]))
+    problems += int(not np.all(np.isfinite(np.asarray(g_x))))
+    empty = np.flatnonzero(lengths == 0)
+    if empty.size:
+        init = hx if hx is not None else [np.zeros(s) for s in state_shapes]
+        for js, h0, c, g in zip(unpack(j_state), init, cot_states, unpack(g_hx) if hx else [None] * 2):
+            problems += int(not np.array_equal(np.asarray(js)[:, empty], h0[:, empty].astype(js.dtype)))
+            if g is not None:  # d h_n / d h_0 is the identity for an empty row
+                problems += int(not np.allclose(np.asarray(g)[:, empty], c[:, empty], rtol=0, atol=1e-6))
+    errors["padding_and_empty_rows_exact"] = float(problems)
+    return errors
+
+
+def worst(errors: dict[str, float], prefix: Optional[str] = None) -> float:
+    """Largest error among quantities (optionally those whose name starts with ``prefix``)."""
+    return max(v for k, v in errors.items() if prefix is None or k.startswith(prefix))
