@@ -1,25 +1,35 @@
 """jaxseq: PyTorch packed-sequence RNN semantics in JAX / Flax NNX, with length masks and ``lax.scan``.
 
-Public API (see ``docs/`` and the README's torch -> jaxseq map):
+Public API (the README has the torch -> jaxseq map):
 
-* layers: :class:`LSTM`, :class:`GRU`, :class:`RNN` (twins of ``torch.nn``), pure math in
-  :mod:`jaxseq.functional`;
+* layers: :class:`LSTM`, :class:`GRU`, :class:`RNN` (twins of ``torch.nn``); the pure math is in
+  :mod:`jaxseq.functional`, initialisers in :mod:`jaxseq.init`;
 * torch interop: :func:`load_torch_state_dict`, :func:`torch_state_dict`;
-* sequences: :func:`length_mask`, :func:`reverse_padded`, :func:`last_valid`, :func:`check_lengths`;
-* dropout: :class:`LockedDropout`, :func:`keep_mask`.
+* sequences (twins of ``torch.nn.utils.rnn``): :func:`pad_sequence`, :func:`unpad_sequence`,
+  :func:`length_mask`, :func:`reverse_padded`, :func:`last_valid`, masked pooling;
+* losses: :func:`masked_cross_entropy`, :func:`masked_mse`, :func:`masked_l1`;
+* dropout: :class:`LockedDropout`, :class:`EmbeddingDropout`, :func:`embedding_dropout`,
+  :func:`keep_mask` (plus ``recurrent_dropout`` / ``weight_drop`` on the layers);
+* validation: :func:`check_lengths`, :func:`checked` (length checks under ``jit``).
 """
 from jaxseq import functional, init, layout
-from jaxseq.dropout import LockedDropout, keep_mask
+from jaxseq.dropout import EmbeddingDropout, LockedDropout, embedding_dropout, keep_mask
 from jaxseq.interop import load_torch_state_dict, torch_state_dict
+from jaxseq.losses import masked_cross_entropy, masked_l1, masked_mse
 from jaxseq.masking import last_valid, length_mask, reverse_padded
+from jaxseq.padding import pad_sequence, unpad_sequence
+from jaxseq.pooling import masked_max, masked_mean, masked_sum
 from jaxseq.recurrent import GRU, LSTM, RNN, RecurrentBase
-from jaxseq.validation import check_lengths
+from jaxseq.validation import check_lengths, checked
 
 __version__ = "0.1.0"
 
 __all__ = [
     "LSTM", "GRU", "RNN", "RecurrentBase", "functional", "init", "layout",
     "load_torch_state_dict", "torch_state_dict",
-    "length_mask", "reverse_padded", "last_valid", "check_lengths",
-    "LockedDropout", "keep_mask",
+    "pad_sequence", "unpad_sequence", "length_mask", "reverse_padded", "last_valid",
+    "masked_sum", "masked_mean", "masked_max",
+    "masked_cross_entropy", "masked_mse", "masked_l1",
+    "LockedDropout", "EmbeddingDropout", "embedding_dropout", "keep_mask",
+    "check_lengths", "checked",
 ]

@@ -2,21 +2,31 @@
 
 A *mask* here is a multiplier: ``bernoulli(1 - rate) / (1 - rate)`` (all zeros when ``rate == 1``).
 Every dropout in jaxseq takes either a key (a mask is drawn) or an explicit mask (so results can be
-checked exactly against torch with the same mask).
+checked exactly against torch with the same mask; see ``torch_ref.dropout`` for the torch twins).
+
+* :func:`keep_mask`: the scaled mask itself;
+* :class:`LockedDropout`: one mask ``[1, B, F]`` per sequence, shared over time (AWD-LSTM);
+* :func:`embedding_dropout` / :class:`EmbeddingDropout`: drop whole word types, mask ``[V, 1]`` on the
+  embedding table (AWD-LSTM's ``embedded_dropout``);
+* recurrent-state dropout and weight drop on ``W_hh`` are options of :class:`jaxseq.LSTM` (and GRU, RNN):
+  ``recurrent_dropout=`` and ``weight_drop=``.
 """
 from __future__ import annotations
 
-from typing import Optional, Sequence
+import numbers
+
+from typing import Any, Optional, Sequence
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from flax import nnx
 from flax.nnx.module import first_from
 
 
 def check_rate(rate: float, name: str = "dropout") -> float:
     """Return ``float(rate)`` or raise torch's ``ValueError`` for a rate outside ``[0, 1]``."""
-    if isinstance(rate, bool) or not isinstance(rate, (int, float)) or not 0 <= rate <= 1:
+    if isinstance(rate, (bool, np.bool_)) or not isinstance(rate, numbers.Real) or not 0 <= rate <= 1:
         raise ValueError(f"{name} should be a number in range [0, 1] representing the probability of "
                          f"an element being zeroed, got {rate!r}")
     return float(rate)
@@ -43,6 +53,18 @@ def _key_from(rngs: nnx.Rngs | nnx.RngStream | jax.Array) -> jax.Array:
     if isinstance(rngs, nnx.RngStream):
         return rngs()
     return rngs
+
+
+def _check_mask(mask: Any, target: Sequence[int], what: str) -> jax.Array:
+    """Return ``mask`` as an array, or raise ``ValueError`` if it does not broadcast to ``target``."""
+    mask = jnp.asarray(mask)
+    try:
+        ok = jnp.broadcast_shapes(mask.shape, tuple(target)) == tuple(target)
+    except ValueError:
+        ok = False
+    if not ok:
+        raise ValueError(f"{what}: mask of shape {mask.shape} does not broadcast to {tuple(target)}")
+    return mask
 
 
 class LockedDropout(nnx.Module):
@@ -85,8 +107,108 @@ class LockedDropout(nnx.Module):
                  deterministic: Optional[bool] = None,
                  rngs: nnx.Rngs | nnx.RngStream | jax.Array | None = None) -> jax.Array:
         if mask is not None:
-            return x * mask.astype(x.dtype)
+            return x * _check_mask(mask, x.shape, "LockedDropout").astype(x.dtype)
         if first_from(deterministic, self.deterministic, error_msg="deterministic not set") or self.rate == 0:
             return x
         source = first_from(rngs, self.rngs, error_msg="LockedDropout in training mode needs `rngs`")
         return x * keep_mask(_key_from(source), self.rate, self.mask_shape(x), x.dtype)
+
+
+def _is_key(a: jax.Array) -> bool:
+    """A typed PRNG key, or a raw ``uint32[2]`` key."""
+    return jax.dtypes.issubdtype(a.dtype, jax.dtypes.prng_key) or (a.dtype == jnp.uint32 and a.shape == (2,))
+
+
+def _embedding_mask(key_or_mask: jax.Array, num_embeddings: int, rate: float, dtype: jnp.dtype
+                    ) -> jax.Array:
+    """``[V, 1]`` row mask: drawn from a key with ``rate``, or an explicit ``[V, 1]`` / ``[V]`` mask."""
+    a = jnp.asarray(key_or_mask)
+    if _is_key(a):
+        return keep_mask(a, rate, (num_embeddings, 1), dtype)
+    if not jnp.issubdtype(a.dtype, jnp.floating):
+        raise ValueError(f"key_or_mask must be a PRNG key or a floating mask, got dtype {a.dtype}")
+    if a.shape not in ((num_embeddings,), (num_embeddings, 1)):
+        raise ValueError(f"embedding dropout mask must have shape ({num_embeddings}, 1) or "
+                         f"({num_embeddings},), got {a.shape}")
+    return a.reshape(num_embeddings, 1).astype(dtype)
+
+
+def embedding_dropout(key_or_mask: jax.Array, embedding: jax.Array, rate: float = 0.0) -> jax.Array:
+    """Drop whole rows (word types) of an embedding table: AWD-LSTM's ``embedded_dropout``.
+
+    Every occurrence of a dropped word is zero; kept rows are scaled by ``1 / (1 - rate)``. Pure and
+    jit-able; apply it only in training (or use :class:`EmbeddingDropout`, which does).
+
+    Args:
+      key_or_mask: a PRNG key (a mask ``keep_mask(key, rate, (V, 1))`` is drawn) or an explicit scaled
+        mask ``[V, 1]`` / ``[V]``, e.g. the one given to the torch twin.
+      embedding: the table ``[V, E]``.
+      rate: probability of dropping a row; used only when a key is given. Default 0 (identity).
+
+    Returns:
+      ``embedding * mask``, shape ``[V, E]``; look words up in it as in the table.
+
+    Raises:
+      ValueError: ``embedding`` is not 2-D, a mask has the wrong shape or dtype, or ``rate`` is
+        outside ``[0, 1]``.
+
+    >>> table = jnp.ones((6, 2))                                       # [V=6, E=2]
+    >>> embedding_dropout(jnp.array([1., 0, 1, 1, 0, 1]), table)[:, 0].tolist()
+    [1.0, 0.0, 1.0, 1.0, 0.0, 1.0]
+    >>> dropped = embedding_dropout(jax.random.key(0), table, 0.5)
+    >>> sorted(set(dropped.ravel().tolist()))                          # whole rows 0 or 1/(1-p)
+    [0.0, 2.0]
+    """
+    rate = check_rate(rate, "rate")
+    if jnp.ndim(embedding) != 2:
+        raise ValueError(f"embedding must be a table [V, E], got shape {jnp.shape(embedding)}")
+    return embedding * _embedding_mask(key_or_mask, embedding.shape[0], rate, embedding.dtype)
+
+
+class EmbeddingDropout(nnx.Module):
+    """An ``nnx.Embed`` whose lookups drop whole word types in training (AWD-LSTM's ``dropoute``).
+
+    Wraps ``embed`` (kept as ``self.embed``, e.g. for weight tying with ``self.embed.attend``). In
+    training mode each call draws one mask ``[V, 1]`` over the vocabulary, so every occurrence of a
+    dropped word in the batch is zero and kept words are scaled by ``1 / (1 - rate)``; the result
+    equals looking ``inputs`` up in :func:`embedding_dropout` of the table, without materialising
+    the masked table. Evaluation mode (the default after construction) is a plain lookup.
+
+    Args:
+      embed: an ``nnx.Embed`` (anything with ``num_embeddings`` and ``__call__(int ids) -> [..., E]``).
+      rate: probability of dropping a word type.
+      deterministic: initial mode; ``True`` (evaluation) by default. ``.train()`` / ``.eval()`` switch.
+      rngs: source of the ``dropout`` stream (may be omitted when ``rate == 0`` or masks are explicit).
+
+    Call ``layer(inputs, *, mask=None, deterministic=None, rngs=None)`` with integer ``inputs [...]``;
+    returns ``[..., E]``. An explicit ``mask`` (``[V, 1]`` or ``[V]``, already scaled) is always applied.
+
+    >>> emb = EmbeddingDropout(nnx.Embed(10, 3, rngs=nnx.Rngs(0)), 0.5, rngs=nnx.Rngs(1))
+    >>> ids = jnp.array([[1, 2, 1], [3, 1, 0]])                     # [B, T]
+    >>> bool((emb(ids) == emb.embed(ids)).all())                     # evaluation: plain lookup
+    True
+    >>> emb.train()
+    >>> y = emb(ids)
+    >>> bool((y[0, 0] == y[0, 2]).all() and (y[0, 0] == y[1, 1]).all())   # word 1: one decision
+    True
+    """
+
+    def __init__(self, embed: nnx.Embed, rate: float, *, deterministic: bool = True,
+                 rngs: nnx.Rngs | None = None):
+        self.embed = embed
+        self.rate = check_rate(rate, "rate")
+        self.deterministic = deterministic
+        self.rngs = rngs["dropout"].fork() if rngs is not None else nnx.data(None)
+
+    def __call__(self, inputs: jax.Array, *, mask: Optional[jax.Array] = None,
+                 deterministic: Optional[bool] = None,
+                 rngs: nnx.Rngs | nnx.RngStream | jax.Array | None = None) -> jax.Array:
+        out = self.embed(inputs)
+        if mask is None:
+            deterministic = first_from(deterministic, self.deterministic, error_msg="deterministic not set")
+            if deterministic or self.rate == 0:
+                return out
+            mask = _key_from(first_from(rngs, self.rngs,
+                                        error_msg="EmbeddingDropout in training mode needs `rngs`"))
+        rows = _embedding_mask(mask, self.embed.num_embeddings, self.rate, out.dtype)
+        return out * jnp.take(rows, inputs, axis=0)

@@ -29,16 +29,20 @@ Example:
 from __future__ import annotations
 
 from functools import partial
-from typing import Any, Mapping, Optional, Sequence
+from typing import Any, Mapping, Optional, Sequence, Union
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from jaxseq.layout import Structure, infer_structure
-from jaxseq.scan import run_layer
-from jaxseq.validation import check_lengths
+from jaxseq.scan import Staircase, run_layer, staircase
+from jaxseq.validation import check_floating, check_lengths, check_size, is_concrete
 
 Params = Mapping[str, jax.Array]
+
+#: Default ``time_chunks``: staircase chunks used when ``lengths`` are concrete.
+DEFAULT_TIME_CHUNKS = 4
 
 
 def _state_shapes(s: Structure, batch: int) -> list[tuple[int, ...]]:
@@ -46,6 +50,15 @@ def _state_shapes(s: Structure, batch: int) -> list[tuple[int, ...]]:
     if s.mode == "LSTM":
         shapes.append((s.num_directions * s.num_layers, batch, s.hidden_size))
     return shapes
+
+
+def _describe(value: Any) -> str:
+    """Short description of a user value for error messages."""
+    if isinstance(value, (tuple, list)):
+        return f"a {type(value).__name__} of length {len(value)}"
+    if hasattr(value, "shape"):
+        return f"a single array of shape {tuple(value.shape)}"
+    return type(value).__name__
 
 
 def _check_input(s: Structure, x: Any) -> None:
@@ -56,8 +69,10 @@ def _check_input(s: Structure, x: Any) -> None:
     if x.shape[-1] != s.input_size:
         raise ValueError(f"input.size(-1) must be equal to input_size. Expected {s.input_size}, "
                          f"got {x.shape[-1]}")
-    if not jnp.issubdtype(x.dtype, jnp.floating):
-        raise TypeError(f"input must have a floating dtype, got {x.dtype}")
+    check_floating(x.dtype, "input")
+    if 0 in x.shape[:-1]:
+        raise ValueError(f"input must have at least one time step and one batch row, got shape "
+                         f"{tuple(x.shape)}")
 
 
 def _check_state(s: Structure, hx: Any, batch: int, unbatched: bool) -> list[jax.Array]:
@@ -65,11 +80,11 @@ def _check_state(s: Structure, hx: Any, batch: int, unbatched: bool) -> list[jax
     names = ["h_0", "c_0"] if s.mode == "LSTM" else ["h_0"]
     if s.mode == "LSTM":
         if not isinstance(hx, (tuple, list)) or len(hx) != 2:
-            raise TypeError(f"LSTM expects hx=(h_0, c_0), got {type(hx).__name__}")
+            raise TypeError(f"LSTM expects hx=(h_0, c_0), got {_describe(hx)}")
         parts = list(hx)
     else:
         if isinstance(hx, (tuple, list)):
-            raise TypeError(f"{s.mode} expects hx=h_0 (a single array), got a {type(hx).__name__}")
+            raise TypeError(f"{s.mode} expects hx=h_0 (a single array), got {_describe(hx)}")
         parts = [hx]
     out = []
     for name, part, want in zip(names, parts, _state_shapes(s, batch)):
@@ -77,8 +92,7 @@ def _check_state(s: Structure, hx: Any, batch: int, unbatched: bool) -> list[jax
         got = tuple(getattr(part, "shape", ()))
         if got != want:
             raise ValueError(f"Expected hidden size {want} for {name}, got {got}")
-        if not jnp.issubdtype(part.dtype, jnp.floating):
-            raise TypeError(f"{name} must have a floating dtype, got {part.dtype}")
+        check_floating(part.dtype, name)
         out.append(part[:, None] if unbatched else part)
     return out
 
@@ -93,12 +107,59 @@ def _per_layer(masks: Optional[Sequence[Any]], count: int, what: str) -> list[An
     return masks
 
 
+def _check_broadcast(masks: Sequence[Any], target: tuple[int, ...], what: str, layout: str) -> None:
+    """Raise ``ValueError`` unless every non-``None`` mask broadcasts to ``target`` (no growth)."""
+    for i, mask in enumerate(masks):
+        if mask is None:
+            continue
+        shape = tuple(jnp.shape(mask))
+        try:
+            fits = np.broadcast_shapes(shape, target) == target
+        except ValueError:
+            fits = False
+        if not fits:
+            raise ValueError(f"{what}[{i}] has shape {shape}, which does not broadcast to {target} "
+                             f"({layout})")
+
+
+def _time_major_mask(mask: Any, unbatched: bool, batch_first: bool) -> Any:
+    """An inter-layer dropout mask in the layout of the internal ``[T, B, F]`` layer output."""
+    if mask is None:
+        return None
+    if unbatched:  # a mask for the unbatched output [T, F] gets the batch axis x got
+        return jnp.expand_dims(mask, -2) if jnp.ndim(mask) == 2 else mask
+    if batch_first and jnp.ndim(mask) == 3:
+        return jnp.swapaxes(mask, 0, 1)
+    return mask
+
+
+def _schedule(time_chunks: Union[int, Staircase], host_lengths: Optional[np.ndarray], T: int,
+              B: int) -> Optional[Staircase]:
+    """The staircase to run (``None``: plain masked scan over all rows and steps).
+
+    ``host_lengths`` are the validated lengths when concrete, ``None`` when traced or absent.
+    """
+    concrete = host_lengths is not None
+    if isinstance(time_chunks, Staircase):
+        if concrete and not time_chunks.covers(host_lengths):
+            raise ValueError(f"time_chunks {time_chunks} does not cover the given lengths (every row "
+                             "active at a chunk's start must be among its rows)")
+        return time_chunks
+    if isinstance(time_chunks, bool) or not isinstance(time_chunks, int) or time_chunks < 1:
+        raise ValueError(f"time_chunks must be an integer >= 1 or a Staircase, got {time_chunks!r}")
+    if time_chunks == 1 or not concrete:
+        return None
+    plan = staircase(host_lengths, T, time_chunks)
+    return None if plan.padded_steps() == B * T else plan
+
+
 def recurrent(mode: str, params: Params, x: jax.Array, lengths: Optional[jax.Array] = None,
               hx: Any = None, *, batch_first: bool = False,
               dropout_masks: Optional[Sequence[Optional[jax.Array]]] = None,
               state_masks: Optional[Sequence[Optional[jax.Array]]] = None,
               weight_hh_masks: Optional[Sequence[Optional[jax.Array]]] = None,
-              unroll: int = 1) -> tuple[jax.Array, Any]:
+              unroll: int = 1, time_chunks: Union[int, Staircase] = DEFAULT_TIME_CHUNKS
+              ) -> tuple[jax.Array, Any]:
     """Run a torch-compatible recurrent stack over a padded batch.
 
     Args:
@@ -116,6 +177,13 @@ def recurrent(mode: str, params: Params, x: jax.Array, lengths: Optional[jax.Arr
       weight_hh_masks: ``L`` multipliers broadcastable to ``[D, G, H_out]`` applied to ``W_hh`` for the
         whole call (weight drop / DropConnect).
       unroll: ``lax.scan`` unroll factor.
+      time_chunks: when ``lengths`` are concrete (host values, not traced), rows are sorted by length
+        and time is cut into at most this many chunks, each scanned over only the rows still active
+        (:func:`jaxseq.scan.staircase`), so compute follows the number of valid tokens; ``1`` always
+        runs the plain masked scan over ``B * T`` steps. A :class:`jaxseq.scan.Staircase` built on the
+        host from the batch's lengths may be passed instead (as a static argument), which also works
+        with traced ``lengths``; it must cover them (checked when they are concrete). Results are the
+        same either way.
 
     Returns:
       ``(output, (h_n, c_n))`` for LSTM, ``(output, h_n)`` otherwise; shapes as in the module docs.
@@ -125,6 +193,7 @@ def recurrent(mode: str, params: Params, x: jax.Array, lengths: Optional[jax.Arr
     """
     s = infer_structure(mode, params)
     _check_input(s, x)
+    unroll = check_size(unroll, "unroll")
     unbatched = x.ndim == 2
     if unbatched:
         if lengths is not None:
@@ -133,17 +202,25 @@ def recurrent(mode: str, params: Params, x: jax.Array, lengths: Optional[jax.Arr
     elif batch_first:
         x = jnp.swapaxes(x, 0, 1)
     T, B = x.shape[0], x.shape[1]
+    host_lengths = None if lengths is None or not is_concrete(lengths) else np.asarray(lengths)
     lengths = (jnp.full((B,), T, jnp.int32) if lengths is None
                else check_lengths(lengths, T, B))
+    plan = _schedule(time_chunks, host_lengths, T, B)
+    for name, value in params.items():
+        check_floating(value.dtype, f"params[{name!r}]")
     dtype = params["weight_ih_l0"].dtype
     if hx is None:
         state = [jnp.zeros(shape, dtype) for shape in _state_shapes(s, B)]
     else:
         state = [h.astype(dtype) for h in _check_state(s, hx, B, unbatched)]
-    L, D = s.num_layers, s.num_directions
-    drop = _per_layer(dropout_masks, L - 1, "dropout_masks")
+    L, D, H_out = s.num_layers, s.num_directions, s.output_size
+    drop = [_time_major_mask(m, unbatched, batch_first)
+            for m in _per_layer(dropout_masks, L - 1, "dropout_masks")]
+    _check_broadcast(drop, (T, B, D * H_out), "dropout_masks", "[T, B, D*H_out], time-major")
     smasks = _per_layer(state_masks, L, "state_masks")
+    _check_broadcast(smasks, (D, B, H_out), "state_masks", "[D, B, H_out]")
     wmasks = _per_layer(weight_hh_masks, L, "weight_hh_masks")
+    _check_broadcast(wmasks, (D, s.gates * s.hidden_size, H_out), "weight_hh_masks", "[D, G, H_out]")
 
     valid = jnp.arange(T)[:, None] < lengths[None, :]                       # [T, B]
     layer_in = jnp.where(valid[..., None], x.astype(dtype), jnp.zeros((), dtype))
@@ -151,13 +228,11 @@ def recurrent(mode: str, params: Params, x: jax.Array, lengths: Optional[jax.Arr
     for layer in range(L):
         carry0 = tuple(h[layer * D:(layer + 1) * D] for h in state)
         layer_in, carry = run_layer(mode, params, layer, D, layer_in, lengths, carry0,
-                                    state_mask=smasks[layer], weight_hh_mask=wmasks[layer],
-                                    unroll=unroll)
+                                    plan=plan, state_mask=smasks[layer],
+                                    weight_hh_mask=wmasks[layer], unroll=unroll)
         finals.append(carry)
         if layer < L - 1 and drop[layer] is not None:
-            mask = drop[layer]
-            mask = jnp.swapaxes(mask, 0, 1) if batch_first and jnp.ndim(mask) == 3 else mask
-            layer_in = layer_in * mask
+            layer_in = layer_in * drop[layer]
     output = layer_in
     h_n = [jnp.concatenate([c[i] for c in finals], axis=0) for i in range(len(state))]
     if unbatched:

@@ -1,18 +1,28 @@
 """Parameter initialisation for torch-named recurrent parameter dicts.
 
-:func:`torch_default` reproduces ``torch.nn.LSTM/GRU/RNN.reset_parameters``: every parameter
-(weights, both biases, projection) is drawn from ``U(-1/sqrt(H), 1/sqrt(H))``. The draws come from
-JAX's PRNG, so values differ from torch's; the distribution is the same.
+Every initializer has the signature of :func:`torch_default`,
+``init(key, mode, input_size, hidden_size, num_layers=1, bias=True, bidirectional=False, proj_size=0,
+dtype=float32) -> {torch name: array}``, so one can be passed to the modules as
+``jaxseq.LSTM(..., init="recommended")`` (a name from :data:`INITIALIZERS` or such a callable).
+
+* :func:`torch_default` reproduces ``torch.nn.LSTM/GRU/RNN.reset_parameters``: every parameter
+  (weights, both biases, projection) is drawn from ``U(-1/sqrt(H), 1/sqrt(H))``. The draws come from
+  JAX's PRNG, so values differ from torch's; the distribution is the same.
+* :func:`recommended`: orthogonal gate blocks, zero biases and (LSTM) a forget-gate bias of 1, the
+  usual recipe for training recurrent nets; ``torch_ref.init.recommended_init_`` is its torch twin.
 """
 from __future__ import annotations
 
 import math
+from typing import Callable, Union
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxseq.layout import Structure, param_shapes
+from jaxseq.layout import Structure, check_param_shapes, param_shapes
+
+Initializer = Callable[..., dict[str, jax.Array]]
 
 
 def torch_default(key: jax.Array, mode: str, input_size: int, hidden_size: int, num_layers: int = 1,
@@ -42,3 +52,90 @@ def torch_default(key: jax.Array, mode: str, input_size: int, hidden_size: int, 
     chunks = np.split(flat, np.cumsum(sizes)[:-1])
     return {name: jnp.asarray(chunk.reshape(shape))
             for chunk, (name, shape) in zip(chunks, shapes.items())}
+
+
+def _orthogonal(normal: np.ndarray, rows: int, cols: int) -> np.ndarray:
+    """Orthogonal ``[rows, cols]`` from standard normals (QR with the sign of ``diag(R)`` fixed, as
+    ``jax.nn.initializers.orthogonal``): orthonormal rows if ``rows <= cols``, else columns."""
+    q, r = np.linalg.qr(normal.reshape(max(rows, cols), min(rows, cols)).astype(np.float64))
+    q = q * np.sign(np.diag(r))
+    return q if rows >= cols else q.T
+
+
+def recommended(key: jax.Array, mode: str, input_size: int, hidden_size: int, num_layers: int = 1,
+                bias: bool = True, bidirectional: bool = False, proj_size: int = 0,
+                dtype: jnp.dtype = jnp.float32, *, forget_bias: float = 1.0) -> dict[str, jax.Array]:
+    """Orthogonal gate blocks, zero biases, LSTM forget-gate bias ``forget_bias``.
+
+    * ``weight_ih`` / ``weight_hh``: each gate block ``[H, in]`` (rows ``k*H:(k+1)*H``) is drawn
+      orthogonal on its own: orthonormal rows when ``H <= in``, else orthonormal columns.
+    * ``weight_hr`` (projection ``[P, H]``): orthonormal rows.
+    * biases: zero, except (LSTM) the forget block ``[H:2H]`` of ``bias_ih``, set to ``forget_bias``.
+      torch adds ``bias_ih + bias_hh``, so the *effective* forget bias is ``forget_bias`` (setting it
+      in both vectors, a common mistake, gives twice that). GRU/RNN: all biases zero.
+
+    Args:
+      key, mode, input_size, hidden_size, num_layers, bias, bidirectional, proj_size, dtype: as
+        :func:`torch_default`.
+      forget_bias: effective LSTM forget-gate bias (default 1.0); ignored with ``bias=False``.
+
+    Returns:
+      ``{torch name: array}`` in torch's ``state_dict`` order.
+
+    Use ``functools.partial(recommended, forget_bias=2.0)`` as a module ``init=`` for another value.
+
+    >>> p = recommended(jax.random.key(0), "LSTM", 3, 2)
+    >>> (p["bias_ih_l0"] + p["bias_hh_l0"]).tolist()          # gates i, f, g, o
+    [0.0, 0.0, 1.0, 1.0, 0.0, 0.0, 0.0, 0.0]
+    >>> w = p["weight_hh_l0"][0:2]                             # gate i of W_hh, [H, H]
+    >>> bool(jnp.allclose(w @ w.T, jnp.eye(2), atol=1e-6))
+    True
+    """
+    s = Structure(mode, input_size, hidden_size, num_layers, bias, bidirectional, proj_size)
+    shapes = param_shapes(s)
+    # Each weight is a stack of blocks: `gates` blocks [H, in] for W_ih / W_hh, one [P, H] for W_hr.
+    blocks = {name: [shape] if name.startswith("weight_hr") else [(hidden_size, shape[1])] * s.gates
+              for name, shape in shapes.items() if name.startswith("weight")}
+    sizes = [r * c for stack in blocks.values() for r, c in stack]
+    # One draw for all blocks (one compiled kernel per model size); QR on the host, in float64.
+    normals = iter(np.split(np.asarray(jax.random.normal(key, (sum(sizes),))), np.cumsum(sizes)[:-1]))
+    params: dict[str, jax.Array] = {}
+    for name, stack in blocks.items():
+        w = np.concatenate([_orthogonal(next(normals), r, c) for r, c in stack])
+        params[name] = jnp.asarray(w.astype(np.dtype(dtype)))
+    for name, shape in shapes.items():
+        if name.startswith("bias"):
+            b = np.zeros(shape, np.dtype(dtype))
+            if mode == "LSTM" and name.startswith("bias_ih"):
+                b[hidden_size:2 * hidden_size] = forget_bias
+            params[name] = jnp.asarray(b)
+    return {name: params[name] for name in shapes}   # torch's order
+
+
+#: Initializers known by name (the ``init=`` option of :class:`jaxseq.LSTM`, GRU and RNN).
+INITIALIZERS: dict[str, Initializer] = {"torch_default": torch_default, "recommended": recommended}
+
+
+def initialize(init: Union[str, Initializer], key: jax.Array, structure: Structure,
+               dtype: jnp.dtype = jnp.float32) -> dict[str, jax.Array]:
+    """Run ``init`` (a name from :data:`INITIALIZERS` or a callable) for ``structure``; check the result.
+
+    Raises:
+      ValueError: an unknown name, or a result whose keys or shapes are not torch's for ``structure``.
+
+    >>> s = Structure("RNN_TANH", 2, 3, 1, True, False, 0)
+    >>> sorted(initialize("recommended", jax.random.key(0), s))
+    ['bias_hh_l0', 'bias_ih_l0', 'weight_hh_l0', 'weight_ih_l0']
+    """
+    if isinstance(init, str):
+        if init not in INITIALIZERS:
+            raise ValueError(f"Unknown init {init!r}; expected one of {sorted(INITIALIZERS)} or a callable")
+        init = INITIALIZERS[init]
+    elif not callable(init):
+        raise ValueError(f"init must be a name in {sorted(INITIALIZERS)} or a callable, got {init!r}")
+    s = structure
+    params = init(key, s.mode, s.input_size, s.hidden_size, s.num_layers, s.bias, s.bidirectional,
+                  s.proj_size, dtype)
+    check_param_shapes(s, {k: tuple(jnp.shape(v)) for k, v in params.items()},
+                       what=f"parameters from init={getattr(init, '__name__', init)!r}")
+    return {k: jnp.asarray(v, dtype) for k, v in params.items()}

@@ -14,6 +14,7 @@ import numpy as np
 
 from jaxseq.layout import check_param_shapes
 from jaxseq.recurrent import RecurrentBase
+from jaxseq.validation import check_floating
 
 
 def _to_numpy(key: str, value: Any) -> np.ndarray:
@@ -22,9 +23,10 @@ def _to_numpy(key: str, value: Any) -> np.ndarray:
         if str(value.dtype) == "torch.bfloat16":  # numpy has no bfloat16: widen exactly
             value = value.float()
         value = value.numpy()
-    array = np.asarray(value)
-    if not np.issubdtype(array.dtype, np.floating) and array.dtype != jnp.bfloat16:
-        raise TypeError(f"state_dict[{key!r}] must be a floating-point tensor, got dtype {array.dtype}")
+    # A private copy: jnp.asarray may alias host memory, and the caller's tensor may later be
+    # updated in place (optimizer.step()), which must not reach the jaxseq module.
+    array = np.array(value, copy=True)
+    check_floating(array.dtype, f"state_dict[{key!r}]")
     return array
 
 
@@ -40,7 +42,7 @@ def load_torch_state_dict(module: RecurrentBase, state_dict: Mapping[str, Any], 
 
     Raises:
       ValueError: unknown or missing keys, or a shape mismatch (naming the key and both shapes).
-      TypeError: a non-floating value.
+      TypeError: ``state_dict`` is not a mapping, or a value is not floating-point.
 
     Nothing is written unless every entry checks out.
 
@@ -54,6 +56,9 @@ def load_torch_state_dict(module: RecurrentBase, state_dict: Mapping[str, Any], 
     """
     if not isinstance(module, RecurrentBase):
         raise TypeError(f"module must be a jaxseq LSTM/GRU/RNN, got {type(module).__name__}")
+    if not isinstance(state_dict, Mapping):
+        raise TypeError(f"state_dict must be a mapping {{torch name: tensor}}, got "
+                        f"{type(state_dict).__name__}")
     entries = {k[len(prefix):]: v for k, v in state_dict.items() if k.startswith(prefix)}
     arrays = {k: _to_numpy(prefix + k, v) for k, v in entries.items()}
     check_param_shapes(module.structure, {k: a.shape for k, a in arrays.items()},
@@ -67,6 +72,9 @@ def load_torch_state_dict(module: RecurrentBase, state_dict: Mapping[str, Any], 
 def torch_state_dict(module: RecurrentBase) -> dict[str, np.ndarray]:
     """``{torch name: numpy array}`` of ``module``'s parameters, in torch's order.
 
+    The arrays are writable copies (``torch.from_numpy`` accepts them without a warning, and writing
+    to them does not touch ``module``).
+
     Load it into torch with ``model.load_state_dict({k: torch.from_numpy(v) for k, v in sd.items()})``
     (for a bfloat16 module, convert with ``torch.from_numpy(v.astype(np.float32)).bfloat16()``).
 
@@ -77,7 +85,7 @@ def torch_state_dict(module: RecurrentBase) -> dict[str, np.ndarray]:
     """
     if not isinstance(module, RecurrentBase):
         raise TypeError(f"module must be a jaxseq LSTM/GRU/RNN, got {type(module).__name__}")
-    return {name: np.asarray(value) for name, value in module.param_dict().items()}
+    return {name: np.array(value) for name, value in module.param_dict().items()}  # writable copies
 
 
 

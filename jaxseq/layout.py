@@ -108,9 +108,11 @@ def check_param_shapes(s: Structure, shapes: Mapping[str, tuple[int, ...]], what
     missing = [k for k in expected if k not in shapes]
     unknown = [k for k in shapes if k not in expected]
     if missing:
-        problems.append(f"missing keys {missing}")
+        problems.append("missing keys " + ", ".join(f"{k!r} (expected shape {expected[k]})"
+                                                    for k in missing))
     if unknown:
-        problems.append(f"unexpected keys {unknown}")
+        problems.append("unexpected keys " + ", ".join(f"{k!r} (shape {tuple(shapes[k])})"
+                                                       for k in unknown))
     for k, want in expected.items():
         if k in shapes and tuple(shapes[k]) != want:
             problems.append(f"{k!r}: expected shape {want}, got {tuple(shapes[k])}")

@@ -14,15 +14,11 @@ import jax.numpy as jnp
 from flax import nnx
 from flax.nnx.module import first_from
 
-from jaxseq import functional, init
+from jaxseq import functional
+from jaxseq import init as initializers
 from jaxseq.dropout import _key_from, check_rate, keep_mask
 from jaxseq.layout import Structure, describe, param_shapes
-
-
-def _check_size(value: Any, name: str, minimum: int = 1) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}")
-    return value
+from jaxseq.validation import check_floating, check_size
 
 
 class RecurrentBase(nnx.Module):
@@ -37,23 +33,26 @@ class RecurrentBase(nnx.Module):
       deterministic: initial mode; ``True`` (evaluation: no dropout) by default. ``module.train()`` /
         ``module.eval()`` switch it, as for ``nnx.Dropout``.
       unroll: ``lax.scan`` unroll factor.
+      init: parameter initializer, a name in :data:`jaxseq.init.INITIALIZERS` (``"torch_default"``,
+        the default, or ``"recommended"``: orthogonal gate blocks, zero biases, LSTM forget bias 1) or
+        a callable with the signature of :func:`jaxseq.init.torch_default`.
     """
 
     def __init__(self, mode: str, input_size: int, hidden_size: int, num_layers: int = 1,
                  bias: bool = True, batch_first: bool = False, dropout: float = 0.0,
                  bidirectional: bool = False, proj_size: int = 0, *, rngs: nnx.Rngs,
                  recurrent_dropout: float = 0.0, weight_drop: float = 0.0,
-                 param_dtype: jnp.dtype = jnp.float32, deterministic: bool = True, unroll: int = 1):
-        _check_size(input_size, "input_size")
-        _check_size(hidden_size, "hidden_size")
-        _check_size(num_layers, "num_layers")
-        _check_size(proj_size, "proj_size", minimum=0)
-        _check_size(unroll, "unroll")
+                 param_dtype: jnp.dtype = jnp.float32, deterministic: bool = True, unroll: int = 1,
+                 init: str | initializers.Initializer = "torch_default"):
+        input_size = check_size(input_size, "input_size")
+        hidden_size = check_size(hidden_size, "hidden_size")
+        num_layers = check_size(num_layers, "num_layers")
+        proj_size = check_size(proj_size, "proj_size", minimum=0)
+        unroll = check_size(unroll, "unroll")
         if proj_size >= hidden_size:
             raise ValueError(f"proj_size has to be smaller than hidden_size, got proj_size={proj_size} "
                              f"and hidden_size={hidden_size}")
-        if not jnp.issubdtype(param_dtype, jnp.floating):
-            raise TypeError(f"param_dtype must be a floating dtype, got {param_dtype}")
+        check_floating(param_dtype, "param_dtype")
         self.dropout = check_rate(dropout, "dropout")
         self.recurrent_dropout = check_rate(recurrent_dropout, "recurrent_dropout")
         self.weight_drop = check_rate(weight_drop, "weight_drop")
@@ -66,8 +65,7 @@ class RecurrentBase(nnx.Module):
         self.batch_first = bool(batch_first)
         self.deterministic = deterministic
         self.unroll = unroll
-        values = init.torch_default(rngs.params(), mode, input_size, hidden_size, num_layers, bias,
-                                    bidirectional, proj_size, param_dtype)
+        values = initializers.initialize(init, rngs.params(), self.structure, param_dtype)
         for name, value in values.items():
             setattr(self, name, nnx.Param(value))
         uses_rng = max(self.dropout, self.recurrent_dropout, self.weight_drop) > 0
@@ -133,6 +131,7 @@ class RecurrentBase(nnx.Module):
         if not deterministic and max(self.dropout, self.recurrent_dropout, self.weight_drop) > 0:
             source = first_from(rngs, self.rngs,
                                 error_msg=f"{self!r} in training mode needs `rngs` to draw dropout masks")
+            functional._check_input(self.structure, x)  # before drawing masks from x's shape
             masks = self._draw_masks(x, _key_from(source))
         masks.update({k: v for k, v in explicit.items() if v is not None})
         return functional.recurrent(self.mode, self.param_dict(), x, lengths, hx,

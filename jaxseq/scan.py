@@ -1,85 +1,314 @@
 """The one masked scan that runs a recurrent layer (both directions at once) over a padded batch.
 
-Shared by LSTM, GRU and RNN: only the cell step differs (:mod:`jaxseq.cells`). Instead of packing,
-each step carries a validity mask: a row's state is frozen once its sequence has ended and its
-output is exactly zero there, so the final carry of row ``b`` is its state after its own last valid
-step. The reverse direction reads the time axis backwards, so row ``b`` keeps its initial state
-through the padding and then reads ``lengths[b]-1`` down to ``0``, as torch does on a
-``PackedSequence``.
+Shared by LSTM, GRU and RNN: only the element-wise cell differs (:mod:`jaxseq.cells`). Instead of
+packing, each step carries a validity mask: a row's state is frozen once its sequence has ended and
+its output is exactly zero there, so the final carry of row ``b`` is its state after its own last
+valid step. The reverse direction reads every row reversed within its own length (``lengths[b]-1``
+down to ``0``, as torch does on a ``PackedSequence``), so in scan order both directions are valid
+exactly at steps ``s < lengths[b]`` and share one mask.
+
+Performance structure (see ``docs/benchmarks.md`` for measurements):
+
+* the input projection of every step and direction is hoisted out of the loop (one GEMM per chunk);
+* :func:`masked_scan` has a hand-written VJP: the backward loop does only ``dgates @ W_hh`` per
+  step, and the weight gradient ``sum_t h_{t-1}^T dgates_t`` is one large GEMM after the loop
+  instead of a small one accumulated into a ``[H, G]`` buffer at every step;
+* with a :class:`Staircase` schedule (built automatically when ``lengths`` are concrete), rows are
+  sorted by length and time is cut into a few chunks, each scanned over only the rows still active,
+  so compute follows the number of valid tokens rather than ``B * T``.
 """
 from __future__ import annotations
 
-from typing import Callable, Mapping, Optional
+import math
+from functools import partial
+from typing import Callable, Mapping, NamedTuple, Optional, Sequence
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from jax import lax
 
-from jaxseq.cells import STEPS, Carry, Recurrent
+from jaxseq.cells import CELLS, Carry, CellParams, gru_cell
 from jaxseq.layout import param_name
+from jaxseq.masking import _within_length_reversal_index
 
 
-def masked_scan(step: Callable, xp: jax.Array, valid: jax.Array, carry0: Carry, rec: Recurrent,
-                *, state_mask: Optional[jax.Array] = None, unroll: int = 1) -> tuple[jax.Array, Carry]:
-    """Run ``step`` over time with a per-step validity mask.
+# --------------------------------------------------------------------------------------------
+# Permutations with a gather (not a scatter) in the backward pass
+# --------------------------------------------------------------------------------------------
+@partial(jax.custom_vjp, nondiff_argnums=(3,))
+def take_permutation(a: jax.Array, idx: jax.Array, inv: jax.Array, axis: int) -> jax.Array:
+    """``take_along_axis(a, idx, axis)`` for an index that permutes ``axis``; ``inv`` is its inverse.
+
+    ``idx`` and ``inv`` have ``a.ndim`` dimensions and broadcast against ``a``. The gradient is the
+    inverse permutation, done as a gather (the default transpose of a gather is a scatter-add).
+    """
+    return jnp.take_along_axis(a, idx, axis=axis)
+
+
+def _take_permutation_fwd(a, idx, inv, axis):
+    return jnp.take_along_axis(a, idx, axis=axis), (idx, inv)
+
+
+def _take_permutation_bwd(axis, res, g):
+    idx, inv = res
+    return jnp.take_along_axis(g, inv, axis=axis), None, None
+
+
+take_permutation.defvjp(_take_permutation_fwd, _take_permutation_bwd)
+
+
+def reverse_within_length(x: jax.Array, lengths: jax.Array) -> jax.Array:
+    """``x [T, B, ...]`` with every row reversed within its own length (an involution)."""
+    idx = _within_length_reversal_index(lengths, x.shape[0]).T            # [T, B]
+    idx = idx.reshape(idx.shape + (1,) * (x.ndim - 2))
+    return take_permutation(x, idx, idx, 0)
+
+
+def _permute_rows(a: jax.Array, perm: jax.Array, inv: jax.Array, axis: int = 1) -> jax.Array:
+    shape = [1] * a.ndim
+    shape[axis] = perm.shape[0]
+    return take_permutation(a, perm.reshape(shape), inv.reshape(shape), axis)
+
+
+# --------------------------------------------------------------------------------------------
+# The masked scan, with a VJP that takes every weight gradient out of the loop
+# --------------------------------------------------------------------------------------------
+class LayerWeights(NamedTuple):
+    """A layer's projections, stacked over directions ``D`` and transposed for ``x @ w``."""
+
+    w_ih_t: jax.Array            # [D, F, G]
+    w_hh_t: jax.Array            # [D, H_out, G]
+    bias: Optional[jax.Array]    # [D, 1, G]: b_ih plus the part of b_hh outside gate products
+
+
+def _summed(cell: Callable) -> bool:
+    """Whether ``cell`` uses ``xp`` and ``hw`` only as ``xp + hw`` (then ``d xp == d hw``)."""
+    return cell is not gru_cell
+
+
+def _scan(cell: Callable, unroll: int, xs, valid, carry0, w: LayerWeights, p, state_mask,
+          residuals: bool):
+    def body(carry, inputs):
+        x_t, valid_t = inputs
+        xp = jnp.matmul(jnp.stack(x_t), w.w_ih_t)                            # [D, B, G]
+        if w.bias is not None:
+            xp = xp + w.bias
+        h_rec = carry[0] if state_mask is None else carry[0] * state_mask
+        hw = jnp.matmul(h_rec, w.w_hh_t)
+        new = cell(xp, hw, carry, p)
+        keep = valid_t[:, None]                                               # [B, 1]
+        nxt = tuple(jnp.where(keep, n, o) for n, o in zip(new, carry))
+        out = jnp.where(keep, new[0], jnp.zeros((), new[0].dtype))
+        outs = tuple(out[d] for d in range(len(x_t)))
+        if not residuals:
+            return nxt, outs
+        pre = xp + hw if _summed(cell) else (xp, hw)
+        return nxt, (outs, pre, carry[1:])
+
+    return lax.scan(body, carry0, (xs, valid), unroll=unroll)
+
+
+@partial(jax.custom_vjp, nondiff_argnums=(0, 1))
+def masked_scan(cell: Callable, unroll: int, xs: tuple[jax.Array, ...], valid: jax.Array,
+                carry0: Carry, w: LayerWeights, p: CellParams, state_mask: Optional[jax.Array]
+                ) -> tuple[tuple[jax.Array, ...], Carry]:
+    """Run ``cell`` over time with a per-step validity mask, all directions at once.
 
     Args:
-      step: a cell step from :mod:`jaxseq.cells`.
-      xp: ``[T, D, B, G]`` input projections, direction ``d`` already in the order it is read.
-      valid: ``bool [T, D, B]``: whether step ``s`` of direction ``d`` is a real token of row ``b``.
+      cell: a cell from :mod:`jaxseq.cells`.
+      unroll: ``lax.scan`` unroll factor (forward and backward loops).
+      xs: one ``[S, B, F]`` input per direction, in the order that direction reads it.
+      valid: ``bool [S, B]``: whether step ``s`` is a real token of row ``b`` (every direction).
+        Each row's valid steps must be a prefix ``s < length``.
       carry0: initial state, a tuple of ``[D, B, ·]`` arrays (``h`` first).
-      rec: the layer's recurrent weights.
-      state_mask: optional ``[D, B, H_out]`` multiplier on ``h_{t-1}`` before ``W_hh`` (variational
-        recurrent dropout; the same mask at every step).
-      unroll: ``lax.scan`` unroll factor.
+      w: the layer's projections.
+      p: the cell's other parameters.
+      state_mask: ``None`` or ``[D, B, H_out]`` multiplier on ``h_{t-1}`` before ``W_hh``
+        (variational recurrent dropout; the same mask at every step).
 
     Returns:
-      ``(outputs [T, D, B, H_out], final carry)``; outputs are exactly 0 where ``valid`` is False.
+      ``(outputs, final carry)``: one ``[S, B, H_out]`` output per direction, exactly 0 where
+      ``valid`` is False; a row's carry does not change there.
+
+    The input projection is computed inside the loop (on CPU this beats one hoisted GEMM whose
+    ``[S, D, B, G]`` result the loop must read back from memory). The backward loop does one
+    ``[B, G] x [G, H_out]`` matmul per step and saves the gate pre-activations' gradients; every
+    weight gradient and the input gradient are then large GEMMs after the loop.
+    """
+    carry, outs = _scan(cell, unroll, xs, valid, carry0, w, p, state_mask, residuals=False)
+    return outs, carry
+
+
+def _masked_scan_fwd(cell, unroll, xs, valid, carry0, w, p, state_mask):
+    carry, (outs, pre, rest) = _scan(cell, unroll, xs, valid, carry0, w, p, state_mask,
+                                     residuals=True)
+    return (outs, carry), (xs, valid, carry0, w, p, state_mask, outs, pre, rest)
+
+
+def _masked_scan_bwd(cell, unroll, res, cts):
+    xs, valid, carry0, w, p, state_mask, outs, pre, rest = res
+    d_outs, d_carry = cts
+    D, summed = len(xs), _summed(cell)
+    w_hh = jnp.swapaxes(w.w_hh_t, 1, 2)
+    zero = jnp.zeros((), xs[0].dtype)
+    # h_{t-1} of every step: valid steps are a prefix, so it is the previous output (padded steps
+    # have zero gradient and never use it).
+    h_prev = tuple(jnp.concatenate([carry0[0][d][None], outs[d][:-1]]) for d in range(D))
+
+    def body(acc, inputs):
+        d_carry, d_p, d_mask = acc
+        pre_t, rest_t, h_prev_t, valid_t, d_out_t = inputs
+        prev_t = (jnp.stack(h_prev_t),) + rest_t
+        keep = valid_t[:, None]
+        d_new = tuple(jnp.where(keep, d, zero) for d in d_carry)
+        d_new = (d_new[0] + jnp.where(keep, jnp.stack(d_out_t), zero),) + d_new[1:]
+        if summed:
+            _, vjp = jax.vjp(lambda y, prev, q: cell(y, zero, prev, q), pre_t, prev_t, p)
+            d_xp, d_prev, d_p_t = vjp(d_new)
+            d_hw = d_xp
+        else:
+            _, vjp = jax.vjp(cell, *pre_t, prev_t, p)
+            d_xp, d_hw, d_prev, d_p_t = vjp(d_new)
+        d_h_rec = jnp.matmul(d_hw, w_hh)                                       # [D, B, H_out]
+        if state_mask is not None:
+            d_mask = d_mask + d_h_rec * prev_t[0]
+            d_h_rec = d_h_rec * state_mask
+        d_prev = (d_prev[0] + d_h_rec,) + tuple(d_prev[1:])
+        d_carry = tuple(jnp.where(keep, n, o) for n, o in zip(d_prev, d_carry))
+        d_p = jax.tree.map(jnp.add, d_p, d_p_t)
+        per_direction = tuple(d_xp[d] for d in range(D))
+        return (d_carry, d_p, d_mask), (per_direction if summed
+                                        else (per_direction, tuple(d_hw[d] for d in range(D))))
+
+    acc0 = (d_carry, jax.tree.map(jnp.zeros_like, p),
+            None if state_mask is None else jnp.zeros_like(state_mask))
+    (d_carry0, d_p, d_mask), d_seq = lax.scan(
+        body, acc0, (pre, rest, h_prev, valid, d_outs), reverse=True, unroll=unroll)
+    d_xp, d_hw = (d_seq, d_seq) if summed else d_seq
+    h_rec = h_prev if state_mask is None else tuple(h * state_mask[d] for d, h in enumerate(h_prev))
+    # Per direction: [S, B, ·] sequences contracted over (S, B) in one GEMM each.
+    contract = lambda a, b: jnp.tensordot(a, b, axes=([0, 1], [0, 1]))  # noqa: E731
+    d_xs = tuple(jnp.matmul(d_xp[d], w.w_ih_t[d].T) for d in range(D))
+    d_w = LayerWeights(
+        w_ih_t=jnp.stack([contract(xs[d], d_xp[d]) for d in range(D)]),
+        w_hh_t=jnp.stack([contract(h_rec[d], d_hw[d]) for d in range(D)]),
+        bias=None if w.bias is None else jnp.stack([d_xp[d].sum((0, 1))[None] for d in range(D)]))
+    return d_xs, None, d_carry0, d_w, d_p, d_mask
+
+
+masked_scan.defvjp(_masked_scan_fwd, _masked_scan_bwd)
+
+
+# --------------------------------------------------------------------------------------------
+# Staircase schedules: compute proportional to valid tokens
+# --------------------------------------------------------------------------------------------
+class Staircase(NamedTuple):
+    """A static schedule over rows sorted by decreasing length (hashable: usable as a static arg).
+
+    ``chunks`` is ``((start, stop, rows), ...)``: contiguous time ranges from 0, each scanned over
+    the first ``rows`` sorted rows only. Valid for ``lengths`` when every row still active at a
+    chunk's ``start`` is among its ``rows`` and the last ``stop >= max(lengths)``; steps after the
+    last ``stop`` are padding for every row.
     """
 
-    def body(carry, inputs):
-        xp_t, valid_t = inputs
-        h_rec = carry[0] if state_mask is None else carry[0] * state_mask
-        new = step(xp_t, h_rec, carry, rec)
-        keep = valid_t[..., None]
-        carry = tuple(jnp.where(keep, n, o) for n, o in zip(new, carry))
-        return carry, jnp.where(keep, new[0], jnp.zeros((), new[0].dtype))
+    chunks: tuple[tuple[int, int, int], ...]
 
-    carry, out = lax.scan(body, carry0, (xp, valid), unroll=unroll)
-    return out, carry
+    def covers(self, lengths: np.ndarray) -> bool:
+        """Whether this schedule is valid for the concrete ``lengths``."""
+        lengths = np.asarray(lengths)
+        stop = 0
+        for start, end, rows in self.chunks:
+            if start != stop or end <= start or np.count_nonzero(lengths > start) > rows:
+                return False
+            stop = end
+        return stop >= (int(lengths.max()) if lengths.size else 0)
+
+    def padded_steps(self) -> int:
+        """Row-steps this schedule computes (``B * T`` for a plain masked scan)."""
+        return sum((stop - start) * rows for start, stop, rows in self.chunks)
 
 
+def staircase(lengths: Sequence[int], max_len: int, num_chunks: int = 4, row_multiple: int = 8,
+              time_multiple: int = 1) -> Staircase:
+    """The staircase with at most ``num_chunks`` chunks that computes the fewest row-steps.
+
+    Args:
+      lengths: concrete ``[B]`` lengths (host values).
+      max_len: ``T``, the padded length.
+      num_chunks: upper bound on the number of chunks (each is one compiled loop).
+      row_multiple: active-row counts are rounded up to a multiple of this (capped at ``B``) and
+        chunk boundaries fall on ``time_multiple`` multiples: both bound the number of distinct
+        shapes (compilations) over many batches.
+      time_multiple: see ``row_multiple``.
+
+    Returns:
+      a :class:`Staircase` that :meth:`~Staircase.covers` ``lengths``.
+
+    >>> staircase([10, 3, 7, 2], 10, num_chunks=2, row_multiple=1)
+    Staircase(chunks=((0, 3, 4), (3, 10, 2)))
+    """
+    lengths = np.asarray(lengths, np.int64)
+    batch, end = lengths.shape[0], int(lengths.max()) if lengths.size else 0
+    if end == 0:
+        return Staircase(())
+
+    def rows_at(t: int) -> int:
+        return min(batch, math.ceil(np.count_nonzero(lengths > t) / row_multiple) * row_multiple)
+
+    # Candidate boundaries: where the rounded active-row count drops, moved to the grid.
+    grid = sorted({min(end, math.ceil(t / time_multiple) * time_multiple)
+                   for t in np.unique(lengths[lengths > 0]).tolist()} | {0, end})
+    points = [t for t in grid if t == 0 or t == end or rows_at(t) < rows_at(grid[grid.index(t) - 1])]
+    n = len(points) - 1                       # natural segments [points[i], points[i+1])
+    # cost[k][j]: fewest row-steps covering [0, points[j]) with k chunks; choice: previous cut.
+    inf = float("inf")
+    cost = [[inf] * (n + 1) for _ in range(num_chunks + 1)]
+    cut = [[0] * (n + 1) for _ in range(num_chunks + 1)]
+    cost[0][0] = 0
+    for k in range(1, num_chunks + 1):
+        for j in range(1, n + 1):
+            for i in range(j):
+                c = cost[k - 1][i] + (points[j] - points[i]) * rows_at(points[i])
+                if c < cost[k][j]:
+                    cost[k][j], cut[k][j] = c, i
+    k = min(range(1, num_chunks + 1), key=lambda k: (cost[k][n], k))
+    bounds, j = [], n
+    while k:
+        i = cut[k][j]
+        bounds.append((points[i], points[j], rows_at(points[i])))
+        j, k = i, k - 1
+    return Staircase(tuple(reversed(bounds)))
+
+
+# --------------------------------------------------------------------------------------------
+# One layer
+# --------------------------------------------------------------------------------------------
 def _stack(params: Mapping[str, jax.Array], kind: str, layer: int, num_directions: int) -> jax.Array:
     return jnp.stack([params[param_name(kind, layer, d)] for d in range(num_directions)])
 
 
-def _flip_reverse(a: jax.Array) -> jax.Array:
-    """Reverse the time axis (0) of direction 1 of ``a [T, D, ...]``."""
-    if a.shape[1] == 1:
-        return a
-    return jnp.stack([a[:, 0], a[::-1, 1]], axis=1)
-
-
 def run_layer(mode: str, params: Mapping[str, jax.Array], layer: int, num_directions: int,
-              x: jax.Array, lengths: jax.Array, carry0: Carry, *,
+              x: jax.Array, lengths: jax.Array, carry0: Carry, *, plan: Optional[Staircase] = None,
               state_mask: Optional[jax.Array] = None, weight_hh_mask: Optional[jax.Array] = None,
               unroll: int = 1) -> tuple[jax.Array, Carry]:
     """One layer, all directions: ``x [T, B, I] -> (output [T, B, D*H_out], carry)``.
 
     ``x`` must already be zero at padded positions. ``carry0`` entries are ``[D, B, ·]``.
-    ``weight_hh_mask`` (broadcastable to ``[D, G, H_out]``) multiplies ``W_hh`` for the whole call
-    (DropConnect / AWD-LSTM weight drop).
+    ``plan``: ``None`` scans every row over all ``T`` steps; a :class:`Staircase` (valid for
+    ``lengths``) scans only the active rows of each chunk. ``state_mask`` is broadcastable to
+    ``[D, B, H_out]``. ``weight_hh_mask`` (broadcastable to ``[D, G, H_out]``) multiplies ``W_hh``
+    for the whole call (DropConnect / AWD-LSTM weight drop).
     """
-    T = x.shape[0]
+    T, B = x.shape[0], x.shape[1]
     D = num_directions
     w_ih = _stack(params, "weight_ih", layer, D)   # [D, G, I]
     w_hh = _stack(params, "weight_hh", layer, D)   # [D, G, H_out]
     if weight_hh_mask is not None:
         w_hh = w_hh * weight_hh_mask
-    G = w_ih.shape[1]
-    has_bias = param_name("bias_ih", layer, 0) in params
-    b_hn = None
-    if has_bias:
+    G, H_out = w_hh.shape[1], w_hh.shape[2]
+    bias = b_hn = None
+    if param_name("bias_ih", layer, 0) in params:
         bias = _stack(params, "bias_ih", layer, D)
         b_hh = _stack(params, "bias_hh", layer, D)
         if mode == "GRU":  # b_hn sits inside r * (W_hn h + b_hn): only b_hr, b_hz fold into xp
@@ -88,19 +317,42 @@ def run_layer(mode: str, params: Mapping[str, jax.Array], layer: int, num_direct
             b_hn = b_hh[:, None, 2 * H:]
         else:
             bias = bias + b_hh
-    # One GEMM for every step and direction: [T, B, I] x [D*G, I] -> [T, B, D, G] -> [T, D, B, G].
-    xp = jnp.matmul(x, w_ih.reshape(D * G, -1).T).reshape(T, x.shape[1], D, G).transpose(0, 2, 1, 3)
-    if has_bias:
-        xp = xp + bias[None, :, None, :]
-    xp = _flip_reverse(xp)
-    steps = jnp.arange(T)
-    read_time = jnp.stack([steps, T - 1 - steps], axis=1)[:, :D]            # [T, D]
-    valid = read_time[:, :, None] < lengths[None, None, :]                   # [T, D, B]
     w_hr_t = None
     if param_name("weight_hr", layer, 0) in params:
         w_hr_t = jnp.swapaxes(_stack(params, "weight_hr", layer, D), 1, 2)
-    rec = Recurrent(w_hh_t=jnp.swapaxes(w_hh, 1, 2), b_hn=b_hn, w_hr_t=w_hr_t)
-    out, carry = masked_scan(STEPS[mode], xp, valid, carry0, rec, state_mask=state_mask, unroll=unroll)
-    out = _flip_reverse(out)                                                 # [T, D, B, H_out]
-    out = out.transpose(0, 2, 1, 3).reshape(T, x.shape[1], -1)               # [T, B, D*H_out]
+    p = CellParams(b_hn=b_hn, w_hr_t=w_hr_t)
+    w = LayerWeights(w_ih_t=jnp.swapaxes(w_ih, 1, 2), w_hh_t=jnp.swapaxes(w_hh, 1, 2),
+                     bias=None if bias is None else bias[:, None, :])
+    if state_mask is not None:
+        state_mask = jnp.broadcast_to(state_mask, (D, B, H_out))
+
+    sort_rows = plan is not None
+    if not sort_rows:
+        plan = Staircase(((0, T, B),))
+    else:  # sort rows by decreasing length; undone on the way out
+        perm = jnp.argsort(-lengths, stable=True)
+        inv = jnp.argsort(perm)
+        x, lengths = _permute_rows(x, perm, inv), lengths[perm]
+        carry0 = tuple(_permute_rows(c, perm, inv) for c in carry0)
+        if state_mask is not None:
+            state_mask = _permute_rows(state_mask, perm, inv)
+
+    xs = (x,) if D == 1 else (x, reverse_within_length(x, lengths))    # read order per direction
+    valid = jnp.arange(T)[:, None] < lengths[None, :]                    # [T, B]
+    carry, pieces = carry0, []
+    for start, stop, rows in plan.chunks:
+        outs, new = masked_scan(CELLS[mode], unroll, tuple(a[start:stop, :rows] for a in xs),
+                                valid[start:stop, :rows], tuple(c[:, :rows] for c in carry), w, p,
+                                None if state_mask is None else state_mask[:, :rows])
+        carry = tuple(jnp.concatenate([n, c[:, rows:]], axis=1) for n, c in zip(new, carry))
+        pieces.append([jnp.pad(o, ((0, 0), (0, B - rows), (0, 0))) for o in outs])
+    stop = plan.chunks[-1][1] if plan.chunks else 0
+    tail = [jnp.zeros((T - stop, B, H_out), x.dtype)]
+    outs = [jnp.concatenate([piece[d] for piece in pieces] + tail) for d in range(D)]  # [T, B, H_out]
+    if D == 2:
+        outs[1] = reverse_within_length(outs[1], lengths)
+    out = outs[0] if D == 1 else jnp.concatenate(outs, axis=-1)           # [T, B, D*H_out]
+    if sort_rows:
+        out = _permute_rows(out, inv, perm)
+        carry = tuple(_permute_rows(c, inv, perm) for c in carry)
     return out, carry

@@ -1,17 +1,45 @@
-"""Input validation shared by every public entry point.
+"""Input validation shared by every public entry point, and length checks under ``jit``.
 
 Checks run on concrete (non-traced) values before any computation and raise ``ValueError`` /
 ``TypeError`` with a message naming the argument, what was expected and what was received.
-Traced values (inside ``jit``) cannot be inspected on the host; :func:`check_lengths` documents how
-to check them there.
+
+Under ``jax.jit`` (or ``grad``, ``vmap``...) ``lengths`` is a tracer: its dtype and shape are still
+checked, but its values cannot be read on the host. By default traced values are not checked (no
+cost, no host sync). To check them, wrap the step in :func:`checked`, which runs it under
+``jax.experimental.checkify`` and raises a ``ValueError`` (``checkify.JaxRuntimeError``) naming the
+bad entry when the step returns:
+
+>>> import jax, jax.numpy as jnp
+>>> from jaxseq import functional, init
+>>> params = init.torch_default(jax.random.key(0), "GRU", 2, 3)
+>>> def loss(params, x, lengths):
+...     return functional.gru(params, x, lengths)[0].sum()
+>>> step = checked(jax.grad(loss))                     # jitted + checkified
+>>> grads = step(params, jnp.ones((4, 2, 2)), jnp.array([4, 1]))
+>>> step(params, jnp.ones((4, 2, 2)), jnp.array([4, 5]))
+Traceback (most recent call last):
+...
+jax._src.checkify.JaxRuntimeError: `lengths` must satisfy 0 <= lengths[b] <= T=4, but found lengths[1] = 5 (`check` failed)
 """
 from __future__ import annotations
 
-from typing import Any
+import contextlib
+import contextvars
+import functools
+import numbers
+from typing import Any, Callable, Iterator, Literal, Optional, get_args
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.experimental import checkify
+
+#: What :func:`check_lengths` does with traced values: ``"skip"`` (dtype/shape only) or
+#: ``"checkify"`` (emit ``checkify.check``; the caller must be under ``checkify.checkify``).
+TracedPolicy = Literal["skip", "checkify"]
+_TRACED_POLICIES = get_args(TracedPolicy)
+_traced_policy: contextvars.ContextVar[str] = contextvars.ContextVar("jaxseq_traced_lengths",
+                                                                     default="skip")
 
 
 def is_concrete(x: Any) -> bool:
@@ -19,34 +47,84 @@ def is_concrete(x: Any) -> bool:
     return not isinstance(x, jax.core.Tracer)
 
 
+def check_size(value: Any, name: str, minimum: int = 1) -> int:
+    """Return ``value`` as an ``int`` if it is an integer ``>= minimum`` (torch's constructor checks).
+
+    Python and numpy integers are accepted; ``bool`` is not.
+
+    Raises:
+      TypeError: ``value`` is not an integer (e.g. ``2.0``, ``True``, ``"3"``).
+      ValueError: ``value < minimum``.
+
+    >>> check_size(np.int64(4), "hidden_size")
+    4
+    """
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+        raise TypeError(f"{name} should be of type int, got: {type(value).__name__} ({value!r})")
+    if value < minimum:
+        raise ValueError(f"{name} must be an integer >= {minimum}, got {value}")
+    return int(value)
+
+
+def check_floating(dtype: Any, what: str) -> None:
+    """Raise ``TypeError`` unless ``dtype`` is a floating dtype (bfloat16 and float16 included).
+
+    >>> check_floating(jnp.bfloat16, "x")
+    >>> check_floating(np.int32, "x")
+    Traceback (most recent call last):
+    ...
+    TypeError: x must have a floating dtype, got int32
+    """
+    if not jnp.issubdtype(dtype, jnp.floating):
+        raise TypeError(f"{what} must have a floating dtype, got {np.dtype(dtype).name}")
+
+
+def _range_message(name: str, max_len: int) -> str:
+    """Message for an out-of-range length; ``{}`` slots take the index and the value."""
+    return f"`{name}` must satisfy 0 <= {name}[b] <= T={max_len}, but found {name}[{{}}] = {{}}"
+
+
+def _resolve_policy(traced: Optional[TracedPolicy]) -> str:
+    policy = _traced_policy.get() if traced is None else traced
+    if policy not in _TRACED_POLICIES:
+        raise ValueError(f"traced must be one of {_TRACED_POLICIES} or None, got {traced!r}")
+    return policy
+
+
 def check_lengths(lengths: Any, max_len: int, batch_size: int | None = None,
-                  *, name: str = "lengths") -> jax.Array:
+                  *, name: str = "lengths", traced: Optional[TracedPolicy] = None) -> jax.Array:
     """Validate a ``[B]`` integer array of sequence lengths and return it as ``int32``.
 
     Args:
-      lengths: integer array-like ``[B]`` with ``0 <= lengths[b] <= max_len``.
+      lengths: integer array-like ``[B]`` (jax/numpy array, list, CPU torch tensor) with
+        ``0 <= lengths[b] <= max_len``.
       max_len: the padded time extent ``T``.
       batch_size: expected ``B``; ``None`` skips that check.
       name: argument name used in error messages.
+      traced: what to do when ``lengths`` is a tracer (under ``jit``): ``"skip"`` checks dtype and
+        shape only; ``"checkify"`` also emits ``checkify.check(0 <= lengths <= max_len)``, so the
+        enclosing function must be run under ``jax.experimental.checkify.checkify`` (outside it JAX
+        refuses to stage the check). ``None`` (default) means ``"checkify"`` inside a function
+        wrapped by :func:`checked` and ``"skip"`` elsewhere.
 
     Returns:
       ``jnp.int32`` array ``[B]``.
 
     Raises:
       TypeError: ``lengths`` is not of an integer dtype.
-      ValueError: wrong rank, ``B`` mismatch, or (when concrete) a value ``< 0`` or ``> max_len``.
+      ValueError: wrong rank, ``B`` mismatch, or (when concrete) a value ``< 0`` or ``> max_len``;
+        nothing is ever silently truncated or clamped.
 
-    Under ``jit`` the values are tracers and only dtype and shape are checked here. To check values
-    inside a jitted step, use :func:`jaxseq.checked` (``jax.experimental.checkify``) or call this
-    function on the concrete lengths before entering ``jit``.
-
-    >>> check_lengths([3, 1], max_len=3)
-    Array([3, 1], dtype=int32)
+    >>> check_lengths([3, 0], max_len=3)
+    Array([3, 0], dtype=int32)
+    >>> check_lengths([3, 4], max_len=3)
+    Traceback (most recent call last):
+    ...
+    ValueError: `lengths` must satisfy 0 <= lengths[b] <= T=3, but found lengths[1] = 4
     """
-    if isinstance(lengths, (list, tuple)):
+    policy = _resolve_policy(traced)
+    if not isinstance(lengths, jax.Array):  # lists, numpy arrays, CPU torch tensors
         lengths = np.asarray(lengths)
-    if not hasattr(lengths, "dtype") or not hasattr(lengths, "shape"):
-        raise TypeError(f"`{name}` must be an integer array of shape [B], got {type(lengths).__name__}")
     if lengths.size and not jnp.issubdtype(lengths.dtype, jnp.integer):
         raise TypeError(f"`{name}` must have an integer dtype, got {lengths.dtype}")
     if lengths.ndim != 1:
@@ -56,10 +134,69 @@ def check_lengths(lengths: Any, max_len: int, batch_size: int | None = None,
                          f"{lengths.shape[0]} (batch_size={batch_size})")
     if is_concrete(lengths) and lengths.size:
         host = np.asarray(lengths)
-        lo, hi = int(host.min()), int(host.max())
-        if lo < 0:
-            raise ValueError(f"`{name}` must be >= 0, but found {lo} at index {int(host.argmin())}")
-        if hi > max_len:
-            raise ValueError(f"`{name}` must be <= the padded length T={max_len}, but found {hi} at "
-                             f"index {int(host.argmax())} (nothing is silently truncated)")
+        bad = np.flatnonzero((host < 0) | (host > max_len))
+        if bad.size:
+            raise ValueError(_range_message(name, max_len).format(int(bad[0]), int(host[bad[0]])))
+    elif not is_concrete(lengths) and policy == "checkify":
+        bad = (lengths < 0) | (lengths > max_len)
+        first = jnp.argmax(bad)
+        checkify.check(~jnp.any(bad), _range_message(name, max_len), first, lengths[first])
     return jnp.asarray(lengths, dtype=jnp.int32)
+
+
+@contextlib.contextmanager
+def _traced_checks(policy: TracedPolicy) -> Iterator[None]:
+    token = _traced_policy.set(policy)
+    try:
+        yield
+    finally:
+        _traced_policy.reset(token)
+
+
+def checked(fn: Callable, *, errors: frozenset = checkify.user_checks) -> Callable:
+    """``jax.jit`` ``fn`` with jaxseq's length checks switched on for traced ``lengths``.
+
+    Every jaxseq call that ``fn`` makes (layers, :mod:`jaxseq.functional`, :func:`last_valid`,
+    :func:`reverse_padded`, :func:`length_mask`, pooling...) checks ``0 <= lengths[b] <= T`` on the
+    device with ``jax.experimental.checkify``. The returned function runs the compiled, checkified
+    ``fn`` and, if a check failed, raises ``checkify.JaxRuntimeError`` (a ``ValueError``) naming the
+    first bad entry instead of returning; otherwise it returns ``fn``'s result.
+
+    Args:
+      fn: the function to check, e.g. a training step ``(params, batch) -> (loss, grads)``. Pass the
+        plain function, not one already wrapped in ``jax.jit`` / ``nnx.jit``: an inner jit keeps
+        its own trace cache, which does not know whether checks are on. Its arguments must be JAX
+        pytrees (use ``nnx.split`` / ``nnx.merge`` for NNX modules); bind static (Python) arguments
+        with ``functools.partial`` first, since every argument is traced.
+      errors: the ``checkify`` error set; the default ``checkify.user_checks`` holds jaxseq's checks,
+        add e.g. ``checkify.nan_checks`` to check more.
+
+    Returns:
+      A function with ``fn``'s signature and result. Each call syncs the error flag to the host.
+
+    Cost: a reduction over ``[B]`` per checked call, and the host sync of the error flag.
+    Without :func:`checked`, traced lengths are not range-checked and the results for a length
+    outside ``[0, T]`` are unspecified (no error, possibly wrong or NaN values). Concrete lengths
+    are always checked.
+
+    >>> from jaxseq import last_valid
+    >>> pick = checked(last_valid)
+    >>> pick(jnp.ones((3, 2, 1)), jnp.array([-1, 2]))
+    Traceback (most recent call last):
+    ...
+    jax._src.checkify.JaxRuntimeError: `lengths` must satisfy 0 <= lengths[b] <= T=3, but found lengths[0] = -1 (`check` failed)
+    """
+
+    def with_checks(*args: Any, **kwargs: Any) -> Any:
+        with _traced_checks("checkify"):
+            return fn(*args, **kwargs)
+
+    compiled = jax.jit(checkify.checkify(with_checks, errors=errors))
+
+    @functools.wraps(fn)
+    def run(*args: Any, **kwargs: Any) -> Any:
+        error, result = compiled(*args, **kwargs)
+        error.throw()
+        return result
+
+    return run

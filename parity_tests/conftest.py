@@ -12,6 +12,7 @@ try:
 
     torch.backends.cuda.matmul.allow_tf32 = False
     torch.backends.cudnn.allow_tf32 = False
+    torch.set_num_threads(1)  # tiny reference ops: thread start-up dominates on small machines
 except ImportError:  # pragma: no cover - torch is required by the parity suite
     torch = None
 

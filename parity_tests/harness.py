@@ -79,8 +79,13 @@ def _rel_err(got, want) -> float:
     return float(np.max(np.abs(got - want)) / max(np.max(np.abs(want)), 1e-30))
 
 
-def run(cfg: Config, dtype: str = "float64") -> dict[str, float]:
+def run(cfg: Config, dtype: str = "float64", *, concrete_lengths: bool = False,
+        **options) -> dict[str, float]:
     """Compare one configuration; return ``{quantity: max relative error}``.
+
+    ``options`` go to :func:`jaxseq.functional.recurrent` (e.g. ``time_chunks``, ``unroll``). The
+    lengths are traced inside ``jit`` unless ``concrete_lengths`` (then they are host values, which
+    enables the staircase schedule).
 
     Quantities: ``output``, ``h_n``, ``c_n`` (LSTM), ``grad_x``, ``grad_h0``, ``grad_c0`` (with hx),
     ``grad_<torch param name>`` for every parameter, plus ``zero_rows`` checks (0.0 when exact).
@@ -116,7 +121,8 @@ def run(cfg: Config, dtype: str = "float64") -> dict[str, float]:
 
     @jax.jit
     def forward_and_grads(params, xx, h0):
-        run_it = lambda p, xi, hi: functional.recurrent(cfg.mode, p, xi, jnp.asarray(lengths), hi,
+        run_it = lambda p, xi, hi: functional.recurrent(cfg.mode, p, xi, lengths if concrete_lengths
+                                                        else jnp.asarray(lengths), hi, **options,
                                                         batch_first=cfg.batch_first)
         result, vjp = jax.vjp(run_it, params, xx, h0)
         return result, vjp(cots)

@@ -1,0 +1,254 @@
+"""One training step (forward + backward) of the same recurrent layer in jaxseq, torch and Flax.
+
+Every contender gets the same weights (torch's initialisation, copied), the same ragged batch and
+the same loss: ``sum(output at valid positions) + sum(h_n) (+ sum(c_n))``, differentiated with
+respect to every parameter and the input. :func:`build` returns a :class:`Contender` whose
+``step()`` runs one step and waits for the result; ``loss`` is the value of the first step, so the
+runner can check that all contenders compute the same thing.
+"""
+from __future__ import annotations
+
+import dataclasses
+import time
+from typing import Callable, Optional
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import torch
+from flax import nnx
+
+from jaxseq import functional
+from torch_ref.packed import run_packed
+
+TORCH_CLASSES = {"LSTM": torch.nn.LSTM, "GRU": torch.nn.GRU}
+
+
+@dataclasses.dataclass(frozen=True)
+class BenchConfig:
+    """A benchmark problem: a torch-style recurrent stack and a ragged batch of lengths."""
+
+    name: str
+    mode: str            # "LSTM" or "GRU"
+    batch: int
+    time: int
+    input_size: int
+    hidden_size: int
+    num_layers: int = 1
+    bidirectional: bool = False
+    seed: int = 0
+
+    @property
+    def directions(self) -> int:
+        return 2 if self.bidirectional else 1
+
+    def describe(self) -> str:
+        bi = " bi" if self.bidirectional else ""
+        return (f"{self.mode} B={self.batch} T={self.time} I={self.input_size} H={self.hidden_size} "
+                f"L={self.num_layers}{bi}")
+
+    def lengths(self) -> np.ndarray:
+        """``U[T/10, T]`` lengths, one row of length ``T``, in random order."""
+        rng = np.random.default_rng(self.seed)
+        lengths = rng.integers(max(1, self.time // 10), self.time + 1, size=self.batch)
+        lengths[0] = self.time
+        return rng.permutation(lengths)
+
+    def inputs(self) -> np.ndarray:
+        """``x [T, B, I]`` float32, zero at padded positions."""
+        rng = np.random.default_rng(self.seed + 1)
+        x = rng.standard_normal((self.time, self.batch, self.input_size)).astype(np.float32)
+        x[np.arange(self.time)[:, None] >= self.lengths()[None, :]] = 0
+        return x
+
+    def valid_flops(self) -> float:
+        """FLOPs of one training step counting valid tokens only (matmuls; backward = 2x forward)."""
+        gates = {"LSTM": 4, "GRU": 3}[self.mode] * self.hidden_size
+        tokens = int(self.lengths().sum())
+        total = 0.0
+        for layer in range(self.num_layers):
+            fan_in = self.input_size if layer == 0 else self.directions * self.hidden_size
+            total += self.directions * tokens * 2 * gates * (fan_in + self.hidden_size)
+        return 3 * total
+
+    def torch_module(self) -> torch.nn.RNNBase:
+        torch.manual_seed(self.seed)
+        return TORCH_CLASSES[self.mode](self.input_size, self.hidden_size, self.num_layers,
+                                        bidirectional=self.bidirectional)
+
+
+@dataclasses.dataclass
+class Contender:
+    """A ready-to-time training step."""
+
+    name: str
+    step: Callable[[], None]
+    loss: float
+    compile_s: Optional[float] = None     # jit lowering + XLA compilation
+    memory_mb: Optional[float] = None     # XLA temp + output buffers of the compiled step
+    note: str = ""
+
+
+def _block(tree) -> None:
+    jax.block_until_ready(tree)
+
+
+def _compiled(fn: Callable, *args) -> tuple[Callable, float, Optional[float]]:
+    """AOT-compile ``jax.jit(fn)`` for ``args``; return it, compile seconds and buffer MB."""
+    start = time.perf_counter()
+    compiled = jax.jit(fn).lower(*args).compile()
+    seconds = time.perf_counter() - start
+    try:
+        mem = compiled.memory_analysis()
+        mb = (mem.temp_size_in_bytes + mem.output_size_in_bytes) / 2**20
+    except Exception:  # memory_analysis is not implemented on every backend
+        mb = None
+    return compiled, seconds, mb
+
+
+def _loss_of(mode: str, output: jax.Array, state) -> jax.Array:
+    states = state if mode == "LSTM" else (state,)
+    return jnp.sum(output) + sum(jnp.sum(s) for s in states)
+
+
+def jaxseq_step(cfg: BenchConfig, torch_model: torch.nn.RNNBase, traced_lengths: bool,
+                name: Optional[str] = None, **options) -> Contender:
+    """jaxseq under ``jit``. With concrete lengths (closed over) the default staircase schedule
+    applies; with ``traced_lengths`` the lengths are a jit argument and the plain masked scan runs.
+    ``options`` (``time_chunks``, ``unroll``) go to :func:`jaxseq.functional.recurrent`."""
+    params = {k: jnp.asarray(v.detach().cpu().numpy()) for k, v in torch_model.state_dict().items()}
+    x = jnp.asarray(cfg.inputs())
+    host_lengths = cfg.lengths()
+
+    def loss(p, xx, lengths):
+        return _loss_of(cfg.mode, *functional.recurrent(cfg.mode, p, xx, lengths, **options))
+
+    grad = jax.value_and_grad(loss, argnums=(0, 1))
+    if traced_lengths:
+        args = (params, x, jnp.asarray(host_lengths, jnp.int32))
+        fn = grad
+    else:
+        args = (params, x)
+        fn = lambda p, xx: grad(p, xx, host_lengths)  # noqa: E731
+    compiled, seconds, mb = _compiled(fn, *args)
+    value, _ = compiled(*args)
+    default, note = (("jaxseq-traced", "lengths traced under jit: plain masked scan")
+                     if traced_lengths else ("jaxseq", "concrete lengths: staircase schedule"))
+    return Contender(name or default, lambda: _block(compiled(*args)), float(value), seconds, mb,
+                     note if name is None else "")
+
+
+def torch_step(cfg: BenchConfig, torch_model: torch.nn.RNNBase, device: str) -> Contender:
+    """torch ``pack_padded_sequence(enforce_sorted=False)`` -> ``nn.LSTM/GRU`` -> ``pad_packed``."""
+    model = torch_model.to(device)
+    x = torch.tensor(cfg.inputs(), device=device, requires_grad=True)
+    lengths = torch.as_tensor(cfg.lengths(), dtype=torch.int64)
+    sync = torch.cuda.synchronize if device == "cuda" else (lambda: None)
+
+    def step() -> float:
+        for p in model.parameters():
+            p.grad = None
+        x.grad = None
+        out, state = run_packed(model, x, lengths)
+        states = state if cfg.mode == "LSTM" else (state,)
+        total = out.sum() + sum(s.sum() for s in states)
+        total.backward()
+        sync()
+        return float(total.detach())
+
+    value = step()
+    note = "cuDNN" if device == "cuda" else f"{torch.get_num_threads()} threads"
+    return Contender("torch-packed", step, value, note=note)
+
+
+class _FlaxStack(nnx.Module):
+    """``nnx.RNN(nnx.OptimizedLSTMCell)`` layers (``nnx.Bidirectional`` pairs when bidirectional)."""
+
+    def __init__(self, cfg: BenchConfig):
+        rngs = nnx.Rngs(cfg.seed)
+        layers = []
+        for layer in range(cfg.num_layers):
+            fan_in = cfg.input_size if layer == 0 else cfg.directions * cfg.hidden_size
+            rnns = [nnx.RNN(nnx.OptimizedLSTMCell(fan_in, cfg.hidden_size, rngs=rngs),
+                            time_major=True, return_carry=True, rngs=False)
+                    for _ in range(cfg.directions)]
+            layers.append(nnx.Bidirectional(*rnns, time_major=True, return_carry=True, rngs=False)
+                          if cfg.bidirectional else rnns[0])
+        self.layers = nnx.List(layers)
+        self.hidden_size = cfg.hidden_size
+        self.bidirectional = cfg.bidirectional
+
+    def cells(self) -> list[nnx.OptimizedLSTMCell]:
+        """Cells in torch's order (``layer * D + direction``)."""
+        if not self.bidirectional:
+            return [rnn.cell for rnn in self.layers]
+        return [rnn.cell for pair in self.layers for rnn in (pair.forward_rnn, pair.backward_rnn)]
+
+    def __call__(self, x: jax.Array, lengths: jax.Array) -> tuple[jax.Array, list]:
+        """``x [T, B, I] -> (output [T, B, D*H] (padding not zeroed), final carries)``."""
+        zero = jnp.zeros((x.shape[1], self.hidden_size), x.dtype)
+        carry0 = ((zero, zero), (zero, zero)) if self.bidirectional else (zero, zero)
+        finals = []
+        for layer in self.layers:
+            carry, x = layer(x, seq_lengths=lengths, initial_carry=carry0)
+            finals.append(carry)
+        return x, finals
+
+
+def flax_step(cfg: BenchConfig, torch_model: torch.nn.RNNBase) -> Contender:
+    """Flax ``nnx.RNN(nnx.OptimizedLSTMCell)`` with ``seq_lengths`` (LSTM only), under ``jit``.
+
+    Weights map from torch as ``dense_i.kernel = W_ih.T``, ``dense_h.kernel = W_hh.T``,
+    ``dense_h.bias = b_ih + b_hh``. Flax does not zero padded outputs, so the loss masks them.
+    """
+    model = _FlaxStack(cfg)
+    sd = {k: v.detach().cpu().numpy() for k, v in torch_model.state_dict().items()}
+    suffixes = [f"_l{layer}{rev}" for layer in range(cfg.num_layers)
+                for rev in ["", "_reverse"][:cfg.directions]]
+    for cell, sfx in zip(model.cells(), suffixes):
+        cell.dense_i.kernel[...] = jnp.asarray(sd["weight_ih" + sfx].T)
+        cell.dense_h.kernel[...] = jnp.asarray(sd["weight_hh" + sfx].T)
+        cell.dense_h.bias[...] = jnp.asarray(sd["bias_ih" + sfx] + sd["bias_hh" + sfx])
+    graphdef, params, rest = nnx.split(model, nnx.Param, ...)
+    x = jnp.asarray(cfg.inputs())
+    lengths = jnp.asarray(cfg.lengths(), jnp.int32)
+    valid = (jnp.arange(cfg.time)[:, None] < lengths[None, :])[..., None]
+
+    def loss(p, xx, other):
+        output, finals = nnx.merge(graphdef, p, other)(xx, lengths)
+        return jnp.sum(jnp.where(valid, output, 0)) + sum(jnp.sum(c) for c in jax.tree.leaves(finals))
+
+    args = (params, x, rest)
+    compiled, seconds, mb = _compiled(jax.value_and_grad(loss, argnums=(0, 1)), *args)
+    value, _ = compiled(*args)
+    return Contender("flax-nnx.RNN", lambda: _block(compiled(*args)), float(value), seconds, mb,
+                     "OptimizedLSTMCell, seq_lengths")
+
+
+def matmul_gflops(n: int, device: str, repeats: int = 5) -> tuple[float, float]:
+    """Large square float32 matmul throughput ``(jax, torch)`` in GFLOP/s (median of ``repeats``)."""
+    a = np.random.default_rng(0).standard_normal((n, n)).astype(np.float32)
+    ja = jnp.asarray(a)
+    mm = jax.jit(jnp.matmul)
+    ta = torch.tensor(a, device=device)
+    sync = torch.cuda.synchronize if device == "cuda" else (lambda: None)
+    runs = {"jax": lambda: _block(mm(ja, ja)), "torch": lambda: (torch.mm(ta, ta), sync())}
+    times = {k: [] for k in runs}
+    for fn in runs.values():
+        fn()
+    for _ in range(repeats):
+        for k, fn in runs.items():
+            start = time.perf_counter()
+            fn()
+            times[k].append(time.perf_counter() - start)
+    return tuple(2 * n**3 / np.median(times[k]) / 1e9 for k in ("jax", "torch"))
+
+
+def build(cfg: BenchConfig, device: str) -> list[Contender]:
+    """Every contender that applies to ``cfg`` (Flax only for LSTM: it has no torch-exact GRU)."""
+    contenders = [jaxseq_step(cfg, cfg.torch_module(), traced_lengths=False),
+                  jaxseq_step(cfg, cfg.torch_module(), traced_lengths=True),
+                  torch_step(cfg, cfg.torch_module(), device)]
+    if cfg.mode == "LSTM":
+        contenders.append(flax_step(cfg, cfg.torch_module()))
+    return contenders

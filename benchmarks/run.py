@@ -1,0 +1,256 @@
+"""Time one training step of jaxseq against torch packed sequences and Flax ``nnx.RNN``.
+
+    python -m benchmarks.run [--config NAME ...] [--quick] [--runs N] [--ablations]
+                             [--markdown docs/benchmarks.md]
+
+Every contender runs the same ragged batch with the same weights in this one process; steps are
+interleaved round-robin (one step of each contender per round) so that load from other processes
+hits all of them alike, and the median over rounds is reported. Ratios are ``peer time / jaxseq
+time`` (above 1: jaxseq is faster). GFLOP/s count valid tokens only (what a packed implementation
+must compute) and are compared with a large float32 matmul measured in the same run. On CUDA,
+torch uses cuDNN and TF32 is off on both sides (``jax_default_matmul_precision="highest"``).
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import datetime
+import os
+import platform
+import shlex
+import sys
+import time
+from typing import Optional, Sequence
+
+import jax
+import numpy as np
+import torch
+
+from benchmarks.contenders import (BenchConfig, Contender, build, jaxseq_step, matmul_gflops,
+                                   torch_step)
+
+CONFIGS = {c.name: c for c in [
+    BenchConfig("lstm", "LSTM", batch=64, time=100, input_size=128, hidden_size=256),
+    BenchConfig("bilstm2", "LSTM", batch=32, time=200, input_size=64, hidden_size=128,
+                num_layers=2, bidirectional=True),
+    BenchConfig("long", "LSTM", batch=16, time=1000, input_size=64, hidden_size=128),
+    BenchConfig("small", "LSTM", batch=64, time=100, input_size=32, hidden_size=32),
+    BenchConfig("gru", "GRU", batch=64, time=100, input_size=128, hidden_size=256),
+]}
+#: The main comparison per config: these contenders' times are divided by jaxseq's.
+PEERS = ("torch-packed", "flax-nnx.RNN")
+
+
+def quick_config(cfg: BenchConfig) -> BenchConfig:
+    """Tiny shapes of the same structure, for the smoke test."""
+    return dataclasses.replace(cfg, batch=min(cfg.batch, 8), time=min(cfg.time, 24),
+                               input_size=8, hidden_size=16)
+
+
+def machine() -> dict[str, str]:
+    """CPU model, core count, accelerator and library versions."""
+    cpu = platform.processor() or "unknown"
+    try:
+        with open("/proc/cpuinfo") as f:
+            cpu = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
+    except (OSError, StopIteration):
+        pass
+    info = {"cpu": cpu, "cores": str(os.cpu_count()), "jax backend": jax.default_backend(),
+            "jax devices": ", ".join(str(d) for d in jax.devices()),
+            "python": platform.python_version(), "jax": jax.__version__, "torch": torch.__version__,
+            "torch threads": str(torch.get_num_threads()), "numpy": np.__version__}
+    import flax
+    info["flax"] = flax.__version__
+    if torch.cuda.is_available():
+        info["torch device"] = torch.cuda.get_device_name()
+    return info
+
+
+def time_round_robin(contenders: Sequence[Contender], runs: int, warmup: int) -> dict[str, list[float]]:
+    """Seconds per step of each contender: ``warmup`` untimed steps, then ``runs`` interleaved rounds."""
+    for c in contenders:
+        for _ in range(warmup):
+            c.step()
+    times: dict[str, list[float]] = {c.name: [] for c in contenders}
+    for _ in range(runs):
+        for c in contenders:
+            start = time.perf_counter()
+            c.step()
+            times[c.name].append(time.perf_counter() - start)
+    return times
+
+
+def measure(cfg: BenchConfig, contenders: Sequence[Contender], runs: int, warmup: int,
+            matmul: dict[str, float]) -> list[dict]:
+    """One row per contender: timings, throughput, FLOP rate, compile time, memory, loss check."""
+    times = time_round_robin(contenders, runs, warmup)
+    tokens = int(cfg.lengths().sum())
+    reference = next(c.loss for c in contenders if c.name == "torch-packed")
+    rows = []
+    for c in contenders:
+        seconds = float(np.median(times[c.name]))
+        gflops = cfg.valid_flops() / seconds / 1e9
+        peak = matmul["torch" if c.name.startswith("torch") else "jax"]
+        rows.append(dict(config=cfg.name, contender=c.name, ms=seconds * 1e3,
+                         min_ms=min(times[c.name]) * 1e3, tokens_per_s=tokens / seconds,
+                         gflops=gflops, matmul_pct=100 * gflops / peak, compile_s=c.compile_s,
+                         memory_mb=c.memory_mb,
+                         loss_rel_diff=abs(c.loss - reference) / max(abs(reference), 1e-30),
+                         note=c.note))
+    return rows
+
+
+def _fmt(value: Optional[float], spec: str) -> str:
+    return "-" if value is None else format(value, spec)
+
+
+def results_table(rows: Sequence[dict]) -> list[str]:
+    """Markdown table of every measured row."""
+    lines = ["| config | contender | median ms | min ms | valid tok/s | GFLOP/s | % of matmul "
+             "| compile s | XLA MB | loss rel. diff | note |",
+             "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---|"]
+    for r in rows:
+        lines.append(f"| {r['config']} | {r['contender']} | {r['ms']:.1f} | {r['min_ms']:.1f} | "
+                     f"{r['tokens_per_s']:,.0f} | {r['gflops']:.1f} | {r['matmul_pct']:.0f}% | "
+                     f"{_fmt(r['compile_s'], '.1f')} | {_fmt(r['memory_mb'], '.1f')} | "
+                     f"{r['loss_rel_diff']:.1e} | {r['note']} |")
+    return lines
+
+
+def ratio_table(rows: Sequence[dict]) -> list[str]:
+    """Per config: jaxseq and peer times, and ``peer / jaxseq`` (above 1: jaxseq faster)."""
+    lines = ["| config | jaxseq ms | jaxseq-traced ms | torch ms | flax ms | torch / jaxseq "
+             "| flax / jaxseq | torch / jaxseq-traced | flax / jaxseq-traced |",
+             "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    for name in dict.fromkeys(r["config"] for r in rows):
+        ms = {r["contender"]: r["ms"] for r in rows if r["config"] == name}
+        if "jaxseq" not in ms:
+            continue
+
+        def ratio(peer: str, base: str) -> str:
+            return f"{ms[peer] / ms[base]:.2f}x" if peer in ms and base in ms else "-"
+
+        lines.append(f"| {name} | {ms['jaxseq']:.1f} | {_fmt(ms.get('jaxseq-traced'), '.1f')} | "
+                     f"{_fmt(ms.get('torch-packed'), '.1f')} | {_fmt(ms.get('flax-nnx.RNN'), '.1f')} | "
+                     f"{ratio('torch-packed', 'jaxseq')} | {ratio('flax-nnx.RNN', 'jaxseq')} | "
+                     f"{ratio('torch-packed', 'jaxseq-traced')} | {ratio('flax-nnx.RNN', 'jaxseq-traced')} |")
+    return lines
+
+
+ABLATIONS = [(1, 1), (2, 1), (4, 1), (8, 1), (4, 2), (4, 4)]   # (time_chunks, unroll)
+
+
+def ablations(cfg: BenchConfig, device: str, runs: int, warmup: int,
+              matmul: dict[str, float]) -> list[dict]:
+    """jaxseq alone on ``cfg`` with each ``(time_chunks, unroll)`` of :data:`ABLATIONS`."""
+    variants = [jaxseq_step(cfg, cfg.torch_module(), traced_lengths=False,
+                            name=f"time_chunks={chunks} unroll={unroll}", time_chunks=chunks,
+                            unroll=unroll) for chunks, unroll in ABLATIONS]
+    reference = torch_step(cfg, cfg.torch_module(), device)   # for the loss check only
+    return measure(cfg, variants + [reference], runs, warmup, matmul)[:-1]
+
+
+def markdown(info: dict[str, str], command: str, matmul: dict[str, float], rows: Sequence[dict],
+             ablation_rows: Sequence[dict], configs: Sequence[BenchConfig], runs: int) -> str:
+    """The full report (``docs/benchmarks.md``)."""
+    lines = ["# Benchmarks: one training step, jaxseq vs torch packed vs Flax nnx.RNN", "",
+             "Generated by `benchmarks/run.py`; regenerate with", "", "```", command, "```", "",
+             f"Run on {datetime.date.today().isoformat()}. Machine:", ""]
+    lines += [f"- {k}: {v}" for k, v in info.items()]
+    lines += [f"- large float32 matmul: jax {matmul['jax']:.0f} GFLOP/s, torch {matmul['torch']:.0f} "
+              "GFLOP/s", "", "## Problems", ""]
+    for cfg in configs:
+        tokens = int(cfg.lengths().sum())
+        lines.append(f"- **{cfg.name}**: {cfg.describe()}; lengths U[T/10, T] with one row of "
+                     f"length T: {tokens} valid tokens of {cfg.batch * cfg.time} "
+                     f"({100 * tokens / (cfg.batch * cfg.time):.0f}%)")
+    lines += ["", "Step = forward + backward through every parameter and the input; loss = sum of "
+              "valid outputs + sum of final states. Each contender: warm-up steps, then "
+              f"{runs} rounds interleaved round-robin with the others in one process; median (and "
+              "min) per step.", "", "## Ratios (peer time / jaxseq time; above 1: jaxseq faster)",
+              ""]
+    lines += ratio_table(rows)
+    lines += ["", "## All measurements", ""]
+    lines += results_table(rows)
+    if ablation_rows:
+        lines += ["", f"## jaxseq options on `{ablation_rows[0]['config']}`", ""]
+        lines += results_table(ablation_rows)
+    lines += ["", NOTES]
+    return "\n".join(lines) + "\n"
+
+
+NOTES = """## Reading the numbers
+
+- `jaxseq`: lengths are concrete (host values closed over by the jitted step), so the default
+  staircase schedule runs: rows sorted by length, time cut into at most `time_chunks=4` chunks,
+  each scanned over only the rows still active (rounded up to a multiple of 8). Compute follows the
+  number of valid tokens, as torch's packed kernels do. Concrete lengths also mean one compilation
+  per distinct schedule; pass `time_chunks=jaxseq.scan.staircase(lengths, T)` as a static argument
+  to use it with traced lengths, or bucket batches by length (`jaxseq.data.bucket_by_length`).
+- `jaxseq-traced`: the lengths are a traced jit argument (the usual training-loop setting without
+  bucketing): the plain masked scan over all `B * T` steps.
+- `GFLOP/s` count matmul FLOPs of valid tokens only (forward + 2x for backward); `% of matmul` is
+  relative to the large matmul of the same framework measured in the same run.
+- `compile s`: `jax.jit(...).lower(...).compile()`; `XLA MB`: temp + output buffers from
+  `compiled.memory_analysis()` (not measured for torch).
+- `loss rel. diff`: relative difference of the loss to torch's, with identical weights: every
+  contender computes the same function.
+- Flax `nnx.RNN` has no torch-exact GRU cell (`nnx.GRUCell` lacks `b_hn`, flax#5594), so the GRU
+  config has no Flax contender.
+"""
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--config", action="append", choices=sorted(CONFIGS),
+                        help="config(s) to run (repeatable; default: all)")
+    parser.add_argument("--quick", action="store_true", help="tiny shapes, 2 rounds: a smoke test")
+    parser.add_argument("--runs", type=int, help="timed rounds per config (default 15; quick: 2)")
+    parser.add_argument("--ablations", action="store_true",
+                        help="also time jaxseq's time_chunks / unroll options on the first config")
+    parser.add_argument("--markdown", help="write the report to this file")
+    args = parser.parse_args(argv)
+
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    jax.config.update("jax_default_matmul_precision", "highest")
+    torch.backends.cuda.matmul.allow_tf32 = False
+    torch.backends.cudnn.allow_tf32 = False
+    if device == "cpu":
+        torch.set_num_threads(os.cpu_count() or 1)
+    configs = [CONFIGS[name] for name in (args.config or CONFIGS)]
+    if args.quick:
+        configs = [quick_config(c) for c in configs]
+    runs = args.runs or (2 if args.quick else 15)
+    warmup = 1 if args.quick else 3
+
+    info = machine()
+    print("\n".join(f"{k}: {v}" for k, v in info.items()))
+    matmul = dict(zip(("jax", "torch"), matmul_gflops(256 if args.quick else 2048, device)))
+    print(f"large matmul: jax {matmul['jax']:.0f} GFLOP/s, torch {matmul['torch']:.0f} GFLOP/s")
+    rows = []
+    for cfg in configs:
+        print(f"\n== {cfg.name}: {cfg.describe()}", flush=True)
+        cfg_rows = measure(cfg, build(cfg, device), runs, warmup, matmul)
+        print("\n".join(results_table(cfg_rows)), flush=True)
+        rows += cfg_rows
+    ablation_rows = ablations(configs[0], device, runs, warmup, matmul) if args.ablations else []
+    if ablation_rows:
+        print(f"\n== jaxseq options on {configs[0].name}")
+        print("\n".join(results_table(ablation_rows)))
+    print("\n== ratios (peer / jaxseq)")
+    print("\n".join(ratio_table(rows)))
+    bad = [r for r in rows + ablation_rows if not r["loss_rel_diff"] < 1e-4]
+    for r in bad:
+        print(f"WARNING: {r['config']} {r['contender']}: loss differs from torch by "
+              f"{r['loss_rel_diff']:.1e}", file=sys.stderr)
+    if args.markdown:
+        command = "python -m benchmarks.run " + " ".join(shlex.quote(a) for a in
+                                                         (argv if argv is not None else sys.argv[1:]))
+        with open(args.markdown, "w") as f:
+            f.write(markdown(info, command.strip(), matmul, rows, ablation_rows, configs, runs))
+        print(f"\nwrote {args.markdown}")
+    return 1 if bad else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""Runnable examples of jaxseq (JAX) and their torch twins; see docs/porting.md."""
