@@ -85,7 +85,7 @@ class Contender:
     step: Callable[[], None]
     loss: float
     compile_s: Optional[float] = None     # jit lowering + XLA compilation
-    memory_mb: Optional[float] = None     # XLA temp + output buffers of the compiled step
+    memory_mb: Optional[float] = None     # XLA temp + output buffers; torch: CUDA peak allocated
     note: str = ""
 
 
@@ -156,9 +156,15 @@ def torch_step(cfg: BenchConfig, torch_model: torch.nn.RNNBase, device: str) -> 
         sync()
         return float(total.detach())
 
+    memory_mb = None
+    if device == "cuda":
+        step()
+        torch.cuda.reset_peak_memory_stats()
     value = step()
+    if device == "cuda":
+        memory_mb = torch.cuda.max_memory_allocated() / 2**20
     note = "cuDNN" if device == "cuda" else f"{torch.get_num_threads()} threads"
-    return Contender("torch-packed", step, value, note=note)
+    return Contender("torch-packed", step, value, memory_mb=memory_mb, note=note)
 
 
 class _FlaxStack(nnx.Module):

@@ -42,7 +42,7 @@ from jaxseq.validation import check_floating, check_lengths, check_size, is_conc
 Params = Mapping[str, jax.Array]
 
 #: Default ``time_chunks``: staircase chunks used when ``lengths`` are concrete.
-DEFAULT_TIME_CHUNKS = 4
+DEFAULT_TIME_CHUNKS = 6
 
 
 def _state_shapes(s: Structure, batch: int) -> list[tuple[int, ...]]:

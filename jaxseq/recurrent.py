@@ -18,6 +18,7 @@ from jaxseq import functional
 from jaxseq import init as initializers
 from jaxseq.dropout import _key_from, check_rate, keep_mask
 from jaxseq.layout import Structure, describe, param_shapes
+from jaxseq.scan import Staircase
 from jaxseq.validation import check_floating, check_size
 
 
@@ -33,6 +34,9 @@ class RecurrentBase(nnx.Module):
       deterministic: initial mode; ``True`` (evaluation: no dropout) by default. ``module.train()`` /
         ``module.eval()`` switch it, as for ``nnx.Dropout``.
       unroll: ``lax.scan`` unroll factor.
+      time_chunks: staircase size used when ``lengths`` are concrete (see
+        :func:`jaxseq.functional.recurrent`); ``1`` always runs the plain masked scan. A call may
+        override it (e.g. with a :class:`jaxseq.scan.Staircase` for traced lengths).
       init: parameter initializer, a name in :data:`jaxseq.init.INITIALIZERS` (``"torch_default"``,
         the default, or ``"recommended"``: orthogonal gate blocks, zero biases, LSTM forget bias 1) or
         a callable with the signature of :func:`jaxseq.init.torch_default`.
@@ -43,12 +47,14 @@ class RecurrentBase(nnx.Module):
                  bidirectional: bool = False, proj_size: int = 0, *, rngs: nnx.Rngs,
                  recurrent_dropout: float = 0.0, weight_drop: float = 0.0,
                  param_dtype: jnp.dtype = jnp.float32, deterministic: bool = True, unroll: int = 1,
+                 time_chunks: int = functional.DEFAULT_TIME_CHUNKS,
                  init: str | initializers.Initializer = "torch_default"):
         input_size = check_size(input_size, "input_size")
         hidden_size = check_size(hidden_size, "hidden_size")
         num_layers = check_size(num_layers, "num_layers")
         proj_size = check_size(proj_size, "proj_size", minimum=0)
         unroll = check_size(unroll, "unroll")
+        time_chunks = check_size(time_chunks, "time_chunks")
         if proj_size >= hidden_size:
             raise ValueError(f"proj_size has to be smaller than hidden_size, got proj_size={proj_size} "
                              f"and hidden_size={hidden_size}")
@@ -65,6 +71,7 @@ class RecurrentBase(nnx.Module):
         self.batch_first = bool(batch_first)
         self.deterministic = deterministic
         self.unroll = unroll
+        self.time_chunks = time_chunks
         values = initializers.initialize(init, rngs.params(), self.structure, param_dtype)
         for name, value in values.items():
             setattr(self, name, nnx.Param(value))
@@ -113,7 +120,8 @@ class RecurrentBase(nnx.Module):
                  rngs: nnx.Rngs | nnx.RngStream | jax.Array | None = None,
                  dropout_masks: Optional[Sequence[jax.Array]] = None,
                  state_masks: Optional[Sequence[jax.Array]] = None,
-                 weight_hh_masks: Optional[Sequence[jax.Array]] = None) -> tuple[jax.Array, Any]:
+                 weight_hh_masks: Optional[Sequence[jax.Array]] = None,
+                 time_chunks: int | Staircase | None = None) -> tuple[jax.Array, Any]:
         """Run the stack. ``x [T, B, I]`` (``[B, T, I]`` if ``batch_first``), ``lengths [B]``, ``hx``.
 
         Returns ``(output, h_n)`` (GRU/RNN) or ``(output, (h_n, c_n))`` (LSTM), as torch on a
@@ -123,6 +131,7 @@ class RecurrentBase(nnx.Module):
         ``Rngs``; default: the module's own ``dropout`` stream) for every dropout with a positive rate.
         Explicit ``dropout_masks`` / ``state_masks`` / ``weight_hh_masks`` (see
         :func:`jaxseq.functional.recurrent`) are always applied as given and replace drawn ones.
+        ``time_chunks`` overrides the module's setting for this call.
         """
         explicit = {"dropout_masks": dropout_masks, "state_masks": state_masks,
                     "weight_hh_masks": weight_hh_masks}
@@ -135,7 +144,10 @@ class RecurrentBase(nnx.Module):
             masks = self._draw_masks(x, _key_from(source))
         masks.update({k: v for k, v in explicit.items() if v is not None})
         return functional.recurrent(self.mode, self.param_dict(), x, lengths, hx,
-                                    batch_first=self.batch_first, unroll=self.unroll, **masks)
+                                    batch_first=self.batch_first, unroll=self.unroll,
+                                    time_chunks=first_from(time_chunks, self.time_chunks,
+                                                           error_msg="time_chunks not set"),
+                                    **masks)
 
 
 class LSTM(RecurrentBase):

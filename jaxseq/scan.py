@@ -7,12 +7,15 @@ valid step. The reverse direction reads every row reversed within its own length
 down to ``0``, as torch does on a ``PackedSequence``), so in scan order both directions are valid
 exactly at steps ``s < lengths[b]`` and share one mask.
 
-Performance structure (see ``docs/benchmarks.md`` for measurements):
+Performance structure (measurements in ``docs/benchmarks.md``):
 
-* the input projection of every step and direction is hoisted out of the loop (one GEMM per chunk);
-* :func:`masked_scan` has a hand-written VJP: the backward loop does only ``dgates @ W_hh`` per
-  step, and the weight gradient ``sum_t h_{t-1}^T dgates_t`` is one large GEMM after the loop
-  instead of a small one accumulated into a ``[H, G]`` buffer at every step;
+* one ``lax.scan`` runs every direction (a ``[D, B, ·]`` carry); the input projection ``x_t @ W_ih``
+  is done inside the loop, next to ``h @ W_hh`` (on CPU this beats one hoisted GEMM whose
+  ``[T, D, B, G]`` result the loop must stream back from memory);
+* :func:`masked_scan` has a hand-written VJP: the backward loop does one ``dgates @ W_hh`` per step
+  and writes the gate gradients over the saved pre-activations; the gradients of ``W_ih``,
+  ``W_hh``, the bias and the input are then large GEMMs after the loop (autodiff of the scan would
+  accumulate ``[F, G]`` and ``[H, G]`` weight gradients at every step);
 * with a :class:`Staircase` schedule (built automatically when ``lengths`` are concrete), rows are
   sorted by length and time is cut into a few chunks, each scanned over only the rows still active,
   so compute follows the number of valid tokens rather than ``B * T``.
@@ -103,8 +106,8 @@ def _scan(cell: Callable, unroll: int, xs, valid, carry0, w: LayerWeights, p, st
         outs = tuple(out[d] for d in range(len(x_t)))
         if not residuals:
             return nxt, outs
-        pre = xp + hw if _summed(cell) else (xp, hw)
-        return nxt, (outs, pre, carry[1:])
+        pre = (xp + hw,) if _summed(cell) else (xp, hw)
+        return nxt, (outs, tuple(a[d] for a in pre for d in range(len(x_t))), carry[1:])
 
     return lax.scan(body, carry0, (xs, valid), unroll=unroll)
 
@@ -131,10 +134,9 @@ def masked_scan(cell: Callable, unroll: int, xs: tuple[jax.Array, ...], valid: j
       ``(outputs, final carry)``: one ``[S, B, H_out]`` output per direction, exactly 0 where
       ``valid`` is False; a row's carry does not change there.
 
-    The input projection is computed inside the loop (on CPU this beats one hoisted GEMM whose
-    ``[S, D, B, G]`` result the loop must read back from memory). The backward loop does one
-    ``[B, G] x [G, H_out]`` matmul per step and saves the gate pre-activations' gradients; every
-    weight gradient and the input gradient are then large GEMMs after the loop.
+    Differentiable in every array argument but ``valid``; the VJP is hand-written (see the
+    module docstring): per step one ``[B, G] x [G, H_out]`` matmul, then every weight gradient and
+    the input gradient as large GEMMs after the loop.
     """
     carry, outs = _scan(cell, unroll, xs, valid, carry0, w, p, state_mask, residuals=False)
     return outs, carry
@@ -157,14 +159,19 @@ def _masked_scan_bwd(cell, unroll, res, cts):
     h_prev = tuple(jnp.concatenate([carry0[0][d][None], outs[d][:-1]]) for d in range(D))
 
     def body(acc, inputs):
-        d_carry, d_p, d_mask = acc
-        pre_t, rest_t, h_prev_t, valid_t, d_out_t = inputs
+        # ``buffers`` holds the saved pre-activations (one [S, B, G] array per direction, two for
+        # GRU: xp and hw); step t reads its slice and overwrites it with its gradient, so the
+        # gradient sequences need no new (zero-filled, page-faulted) buffers.
+        d_carry, d_p, d_mask, buffers = acc
+        t, rest_t, h_prev_t, valid_t, d_out_t = inputs
+        pre_t = [jnp.stack([lax.dynamic_index_in_dim(b, t, keepdims=False)
+                            for b in buffers[k * D:(k + 1) * D]]) for k in range(len(buffers) // D)]
         prev_t = (jnp.stack(h_prev_t),) + rest_t
         keep = valid_t[:, None]
         d_new = tuple(jnp.where(keep, d, zero) for d in d_carry)
         d_new = (d_new[0] + jnp.where(keep, jnp.stack(d_out_t), zero),) + d_new[1:]
         if summed:
-            _, vjp = jax.vjp(lambda y, prev, q: cell(y, zero, prev, q), pre_t, prev_t, p)
+            _, vjp = jax.vjp(lambda y, prev, q: cell(y, zero, prev, q), *pre_t, prev_t, p)
             d_xp, d_prev, d_p_t = vjp(d_new)
             d_hw = d_xp
         else:
@@ -177,15 +184,17 @@ def _masked_scan_bwd(cell, unroll, res, cts):
         d_prev = (d_prev[0] + d_h_rec,) + tuple(d_prev[1:])
         d_carry = tuple(jnp.where(keep, n, o) for n, o in zip(d_prev, d_carry))
         d_p = jax.tree.map(jnp.add, d_p, d_p_t)
-        per_direction = tuple(d_xp[d] for d in range(D))
-        return (d_carry, d_p, d_mask), (per_direction if summed
-                                        else (per_direction, tuple(d_hw[d] for d in range(D))))
+        grads = [d_xp] if summed else [d_xp, d_hw]
+        buffers = tuple(lax.dynamic_update_index_in_dim(b, g[d], t, 0)
+                        for b, (g, d) in zip(buffers, [(g, d) for g in grads for d in range(D)]))
+        return (d_carry, d_p, d_mask, buffers), None
 
     acc0 = (d_carry, jax.tree.map(jnp.zeros_like, p),
-            None if state_mask is None else jnp.zeros_like(state_mask))
-    (d_carry0, d_p, d_mask), d_seq = lax.scan(
-        body, acc0, (pre, rest, h_prev, valid, d_outs), reverse=True, unroll=unroll)
-    d_xp, d_hw = (d_seq, d_seq) if summed else d_seq
+            None if state_mask is None else jnp.zeros_like(state_mask), pre)
+    steps = jnp.arange(valid.shape[0])
+    (d_carry0, d_p, d_mask, d_seq), _ = lax.scan(
+        body, acc0, (steps, rest, h_prev, valid, d_outs), reverse=True, unroll=unroll)
+    d_xp, d_hw = (d_seq, d_seq) if summed else (d_seq[:D], d_seq[D:])
     h_rec = h_prev if state_mask is None else tuple(h * state_mask[d] for d, h in enumerate(h_prev))
     # Per direction: [S, B, ·] sequences contracted over (S, B) in one GEMM each.
     contract = lambda a, b: jnp.tensordot(a, b, axes=([0, 1], [0, 1]))  # noqa: E731
@@ -229,29 +238,31 @@ class Staircase(NamedTuple):
         return sum((stop - start) * rows for start, stop, rows in self.chunks)
 
 
-def staircase(lengths: Sequence[int], max_len: int, num_chunks: int = 4, row_multiple: int = 8,
-              time_multiple: int = 1) -> Staircase:
+def staircase(lengths: Sequence[int], max_len: int, num_chunks: int = 6,
+              row_multiple: Optional[int] = None, time_multiple: int = 1) -> Staircase:
     """The staircase with at most ``num_chunks`` chunks that computes the fewest row-steps.
 
     Args:
       lengths: concrete ``[B]`` lengths (host values).
       max_len: ``T``, the padded length.
       num_chunks: upper bound on the number of chunks (each is one compiled loop).
-      row_multiple: active-row counts are rounded up to a multiple of this (capped at ``B``) and
-        chunk boundaries fall on ``time_multiple`` multiples: both bound the number of distinct
-        shapes (compilations) over many batches.
+      row_multiple: active-row counts are rounded up to a multiple of this (capped at ``B``);
+        default ``ceil(B / 8)``, i.e. at most 8 distinct row counts. With ``time_multiple`` (chunk
+        boundaries fall on its multiples) it bounds the number of distinct shapes (compilations)
+        over many batches.
       time_multiple: see ``row_multiple``.
 
     Returns:
       a :class:`Staircase` that :meth:`~Staircase.covers` ``lengths``.
 
-    >>> staircase([10, 3, 7, 2], 10, num_chunks=2, row_multiple=1)
+    >>> staircase([10, 3, 7, 2], 10, num_chunks=2)
     Staircase(chunks=((0, 3, 4), (3, 10, 2)))
     """
     lengths = np.asarray(lengths, np.int64)
     batch, end = lengths.shape[0], int(lengths.max()) if lengths.size else 0
     if end == 0:
         return Staircase(())
+    row_multiple = row_multiple or -(-batch // 8)
 
     def rows_at(t: int) -> int:
         return min(batch, math.ceil(np.count_nonzero(lengths > t) / row_multiple) * row_multiple)
