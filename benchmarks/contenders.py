@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import time
+from functools import partial
 from typing import Callable, Optional
 
 import jax
@@ -18,6 +19,7 @@ import numpy as np
 import torch
 from flax import nnx
 
+from benchmarks.baseline import plain_masked_lstm
 from jaxseq import functional
 from torch_ref.packed import run_packed
 
@@ -87,6 +89,7 @@ class Contender:
     compile_s: Optional[float] = None     # jit lowering + XLA compilation
     memory_mb: Optional[float] = None     # XLA temp + output buffers; torch: CUDA peak allocated
     note: str = ""
+    exact: bool = True                    # float32 math: its loss must match torch's to ~1e-6
 
 
 def _block(tree) -> None:
@@ -111,17 +114,15 @@ def _loss_of(mode: str, output: jax.Array, state) -> jax.Array:
     return jnp.sum(output) + sum(jnp.sum(s) for s in states)
 
 
-def jaxseq_step(cfg: BenchConfig, torch_model: torch.nn.RNNBase, traced_lengths: bool,
-                name: Optional[str] = None, **options) -> Contender:
-    """jaxseq under ``jit``. With concrete lengths (closed over) the default staircase schedule
-    applies; with ``traced_lengths`` the lengths are a jit argument and the plain masked scan runs.
-    ``options`` (``time_chunks``, ``unroll``) go to :func:`jaxseq.functional.recurrent`."""
+def _jax_step(cfg: BenchConfig, torch_model: torch.nn.RNNBase, run: Callable, traced_lengths: bool,
+              name: str, note: str, exact: bool = True) -> Contender:
+    """A jitted training step of ``run(params, x, lengths) -> (output, state)`` (torch-named params)."""
     params = {k: jnp.asarray(v.detach().cpu().numpy()) for k, v in torch_model.state_dict().items()}
     x = jnp.asarray(cfg.inputs())
     host_lengths = cfg.lengths()
 
     def loss(p, xx, lengths):
-        return _loss_of(cfg.mode, *functional.recurrent(cfg.mode, p, xx, lengths, **options))
+        return _loss_of(cfg.mode, *run(p, xx, lengths))
 
     grad = jax.value_and_grad(loss, argnums=(0, 1))
     if traced_lengths:
@@ -132,10 +133,52 @@ def jaxseq_step(cfg: BenchConfig, torch_model: torch.nn.RNNBase, traced_lengths:
         fn = lambda p, xx: grad(p, xx, host_lengths)  # noqa: E731
     compiled, seconds, mb = _compiled(fn, *args)
     value, _ = compiled(*args)
+    return Contender(name, lambda: _block(compiled(*args)), float(value), seconds, mb, note, exact)
+
+
+def jaxseq_step(cfg: BenchConfig, torch_model: torch.nn.RNNBase, traced_lengths: bool,
+                name: Optional[str] = None, **options) -> Contender:
+    """jaxseq under ``jit``. With concrete lengths (closed over) the default staircase schedule
+    applies; with ``traced_lengths`` the lengths are a jit argument and the plain masked scan runs.
+    ``options`` (``time_chunks``, ``unroll``, ``compute_dtype``) go to
+    :func:`jaxseq.functional.recurrent`; a ``name`` marks such a variant."""
     default, note = (("jaxseq-traced", "lengths traced under jit: plain masked scan")
                      if traced_lengths else ("jaxseq", "concrete lengths: staircase schedule"))
-    return Contender(name or default, lambda: _block(compiled(*args)), float(value), seconds, mb,
-                     note if name is None else "")
+    run = partial(functional.recurrent, cfg.mode, **options)
+    return _jax_step(cfg, torch_model, run, traced_lengths, name or default,
+                     note if name is None else "", exact=options.get("compute_dtype") is None)
+
+
+def baseline_step(cfg: BenchConfig, torch_model: torch.nn.RNNBase) -> Contender:
+    """:func:`benchmarks.baseline.plain_masked_lstm` (single-layer unidirectional LSTM only)."""
+    return _jax_step(cfg, torch_model, plain_masked_lstm, False, "plain masked scan",
+                     "v0: autodiff of lax.scan, hoisted input GEMM")
+
+
+def mixed_precision_errors(cfg: BenchConfig, compute_dtype=jnp.bfloat16) -> dict[str, float]:
+    """Relative errors (``max |mixed - f32| / max |f32|``) of jaxseq with ``compute_dtype`` matmuls
+    against float32, for the outputs, final states, the input gradient and the worst parameter
+    gradient of this benchmark's training step."""
+    params = {k: jnp.asarray(v.detach().numpy()) for k, v in cfg.torch_module().state_dict().items()}
+    x, lengths = jnp.asarray(cfg.inputs()), cfg.lengths()
+
+    @partial(jax.jit, static_argnums=2)
+    def outputs_and_grads(p, xx, dtype):
+        def run(p, xx):
+            return functional.recurrent(cfg.mode, p, xx, lengths, compute_dtype=dtype)
+        result = run(p, xx)
+        grads = jax.grad(lambda p, xx: _loss_of(cfg.mode, *run(p, xx)), argnums=(0, 1))(p, xx)
+        return result, grads
+
+    (out32, st32), (gp32, gx32) = outputs_and_grads(params, x, None)
+    (out, st), (gp, gx) = outputs_and_grads(params, x, compute_dtype)
+    rel = lambda a, b: float(jnp.max(jnp.abs(a - b)) / jnp.max(jnp.abs(b)))  # noqa: E731
+    states = ("h_n", "c_n") if cfg.mode == "LSTM" else ("h_n",)
+    errors = {"output": rel(out, out32)}
+    errors.update({n: rel(a, b) for n, a, b in zip(states, jax.tree.leaves(st), jax.tree.leaves(st32))})
+    errors["grad_x"] = rel(gx, gx32)
+    errors["grad_params"] = max(rel(gp[k], gp32[k]) for k in gp32)
+    return errors
 
 
 def torch_step(cfg: BenchConfig, torch_model: torch.nn.RNNBase, device: str) -> Contender:

@@ -158,8 +158,8 @@ def recurrent(mode: str, params: Params, x: jax.Array, lengths: Optional[jax.Arr
               dropout_masks: Optional[Sequence[Optional[jax.Array]]] = None,
               state_masks: Optional[Sequence[Optional[jax.Array]]] = None,
               weight_hh_masks: Optional[Sequence[Optional[jax.Array]]] = None,
-              unroll: int = 1, time_chunks: Union[int, Staircase] = DEFAULT_TIME_CHUNKS
-              ) -> tuple[jax.Array, Any]:
+              unroll: int = 1, time_chunks: Union[int, Staircase] = DEFAULT_TIME_CHUNKS,
+              compute_dtype: Optional[Any] = None) -> tuple[jax.Array, Any]:
     """Run a torch-compatible recurrent stack over a padded batch.
 
     Args:
@@ -184,6 +184,10 @@ def recurrent(mode: str, params: Params, x: jax.Array, lengths: Optional[jax.Arr
         host from the batch's lengths may be passed instead (as a static argument), which also works
         with traced ``lengths``; it must cover them (checked when they are concrete). Results are the
         same either way.
+      compute_dtype: ``None`` (default: matmuls in the parameter dtype, torch's numerics) or a dtype
+        for the operands of every matmul, e.g. ``jnp.bfloat16`` (mixed precision: products are
+        accumulated in, and the cell math, states, outputs and gradients stay in, the parameter
+        dtype). Accuracy against float32 is measured in ``docs/benchmarks.md``.
 
     Returns:
       ``(output, (h_n, c_n))`` for LSTM, ``(output, h_n)`` otherwise; shapes as in the module docs.
@@ -206,6 +210,8 @@ def recurrent(mode: str, params: Params, x: jax.Array, lengths: Optional[jax.Arr
     lengths = (jnp.full((B,), T, jnp.int32) if lengths is None
                else check_lengths(lengths, T, B))
     plan = _schedule(time_chunks, host_lengths, T, B)
+    if compute_dtype is not None:
+        check_floating(compute_dtype, "compute_dtype")
     for name, value in params.items():
         check_floating(value.dtype, f"params[{name!r}]")
     dtype = params["weight_ih_l0"].dtype
@@ -229,7 +235,8 @@ def recurrent(mode: str, params: Params, x: jax.Array, lengths: Optional[jax.Arr
         carry0 = tuple(h[layer * D:(layer + 1) * D] for h in state)
         layer_in, carry = run_layer(mode, params, layer, D, layer_in, lengths, carry0,
                                     plan=plan, state_mask=smasks[layer],
-                                    weight_hh_mask=wmasks[layer], unroll=unroll)
+                                    weight_hh_mask=wmasks[layer], unroll=unroll,
+                                    compute_dtype=compute_dtype)
         finals.append(carry)
         if layer < L - 1 and drop[layer] is not None:
             layer_in = layer_in * drop[layer]

@@ -37,6 +37,8 @@ class RecurrentBase(nnx.Module):
       time_chunks: staircase size used when ``lengths`` are concrete (see
         :func:`jaxseq.functional.recurrent`); ``1`` always runs the plain masked scan. A call may
         override it (e.g. with a :class:`jaxseq.scan.Staircase` for traced lengths).
+      compute_dtype: ``None`` (default) or the matmul operand dtype, e.g. ``jnp.bfloat16`` for mixed
+        precision with float32 parameters and states (see :func:`jaxseq.functional.recurrent`).
       init: parameter initializer, a name in :data:`jaxseq.init.INITIALIZERS` (``"torch_default"``,
         the default, or ``"recommended"``: orthogonal gate blocks, zero biases, LSTM forget bias 1) or
         a callable with the signature of :func:`jaxseq.init.torch_default`.
@@ -47,7 +49,7 @@ class RecurrentBase(nnx.Module):
                  bidirectional: bool = False, proj_size: int = 0, *, rngs: nnx.Rngs,
                  recurrent_dropout: float = 0.0, weight_drop: float = 0.0,
                  param_dtype: jnp.dtype = jnp.float32, deterministic: bool = True, unroll: int = 1,
-                 time_chunks: int = functional.DEFAULT_TIME_CHUNKS,
+                 time_chunks: int = functional.DEFAULT_TIME_CHUNKS, compute_dtype: Any = None,
                  init: str | initializers.Initializer = "torch_default"):
         input_size = check_size(input_size, "input_size")
         hidden_size = check_size(hidden_size, "hidden_size")
@@ -72,6 +74,7 @@ class RecurrentBase(nnx.Module):
         self.deterministic = deterministic
         self.unroll = unroll
         self.time_chunks = time_chunks
+        self.compute_dtype = compute_dtype
         values = initializers.initialize(init, rngs.params(), self.structure, param_dtype)
         for name, value in values.items():
             setattr(self, name, nnx.Param(value))
@@ -147,6 +150,7 @@ class RecurrentBase(nnx.Module):
                                     batch_first=self.batch_first, unroll=self.unroll,
                                     time_chunks=first_from(time_chunks, self.time_chunks,
                                                            error_msg="time_chunks not set"),
+                                    compute_dtype=self.compute_dtype,
                                     **masks)
 
 

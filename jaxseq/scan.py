@@ -90,15 +90,33 @@ def _summed(cell: Callable) -> bool:
     return cell is not gru_cell
 
 
-def _scan(cell: Callable, unroll: int, xs, valid, carry0, w: LayerWeights, p, state_mask,
-          residuals: bool):
+def _matmul(a: jax.Array, b: jax.Array, compute_dtype) -> jax.Array:
+    """``a @ b`` with operands in ``compute_dtype`` (if set), accumulated and returned in ``a.dtype``."""
+    if compute_dtype is None:
+        return jnp.matmul(a, b)
+    return jnp.matmul(a.astype(compute_dtype), b.astype(compute_dtype), preferred_element_type=a.dtype)
+
+
+def _contract(a: jax.Array, b: jax.Array, compute_dtype) -> jax.Array:
+    """``sum_{s,b} a[s, b, i] b[s, b, j]``: a weight gradient from two ``[S, B, ·]`` sequences."""
+    if compute_dtype is None:
+        return jnp.tensordot(a, b, axes=([0, 1], [0, 1]))
+    return jnp.tensordot(a.astype(compute_dtype), b.astype(compute_dtype), axes=([0, 1], [0, 1]),
+                         preferred_element_type=a.dtype)
+
+
+def _scan(cell: Callable, unroll: int, compute_dtype, xs, valid, carry0, w: LayerWeights, p,
+          state_mask, residuals: bool):
+    w_ih_t, w_hh_t = (w.w_ih_t, w.w_hh_t) if compute_dtype is None else (
+        w.w_ih_t.astype(compute_dtype), w.w_hh_t.astype(compute_dtype))
+
     def body(carry, inputs):
         x_t, valid_t = inputs
-        xp = jnp.matmul(jnp.stack(x_t), w.w_ih_t)                            # [D, B, G]
+        xp = _matmul(jnp.stack(x_t), w_ih_t, compute_dtype)                  # [D, B, G]
         if w.bias is not None:
             xp = xp + w.bias
         h_rec = carry[0] if state_mask is None else carry[0] * state_mask
-        hw = jnp.matmul(h_rec, w.w_hh_t)
+        hw = _matmul(h_rec, w_hh_t, compute_dtype)
         new = cell(xp, hw, carry, p)
         keep = valid_t[:, None]                                               # [B, 1]
         nxt = tuple(jnp.where(keep, n, o) for n, o in zip(new, carry))
@@ -112,15 +130,19 @@ def _scan(cell: Callable, unroll: int, xs, valid, carry0, w: LayerWeights, p, st
     return lax.scan(body, carry0, (xs, valid), unroll=unroll)
 
 
-@partial(jax.custom_vjp, nondiff_argnums=(0, 1))
-def masked_scan(cell: Callable, unroll: int, xs: tuple[jax.Array, ...], valid: jax.Array,
-                carry0: Carry, w: LayerWeights, p: CellParams, state_mask: Optional[jax.Array]
+@partial(jax.custom_vjp, nondiff_argnums=(0, 1, 2))
+def masked_scan(cell: Callable, unroll: int, compute_dtype: Optional[jnp.dtype],
+                xs: tuple[jax.Array, ...], valid: jax.Array, carry0: Carry, w: LayerWeights,
+                p: CellParams, state_mask: Optional[jax.Array]
                 ) -> tuple[tuple[jax.Array, ...], Carry]:
     """Run ``cell`` over time with a per-step validity mask, all directions at once.
 
     Args:
       cell: a cell from :mod:`jaxseq.cells`.
       unroll: ``lax.scan`` unroll factor (forward and backward loops).
+      compute_dtype: ``None``, or the dtype of every matmul's operands (e.g. ``jnp.bfloat16``);
+        products are accumulated in, and everything else (cell math, states, outputs, gradients)
+        stays in, the dtype of ``xs``.
       xs: one ``[S, B, F]`` input per direction, in the order that direction reads it.
       valid: ``bool [S, B]``: whether step ``s`` is a real token of row ``b`` (every direction).
         Each row's valid steps must be a prefix ``s < length``.
@@ -138,21 +160,23 @@ def masked_scan(cell: Callable, unroll: int, xs: tuple[jax.Array, ...], valid: j
     module docstring): per step one ``[B, G] x [G, H_out]`` matmul, then every weight gradient and
     the input gradient as large GEMMs after the loop.
     """
-    carry, outs = _scan(cell, unroll, xs, valid, carry0, w, p, state_mask, residuals=False)
+    carry, outs = _scan(cell, unroll, compute_dtype, xs, valid, carry0, w, p, state_mask,
+                        residuals=False)
     return outs, carry
 
 
-def _masked_scan_fwd(cell, unroll, xs, valid, carry0, w, p, state_mask):
-    carry, (outs, pre, rest) = _scan(cell, unroll, xs, valid, carry0, w, p, state_mask,
-                                     residuals=True)
+def _masked_scan_fwd(cell, unroll, compute_dtype, xs, valid, carry0, w, p, state_mask):
+    carry, (outs, pre, rest) = _scan(cell, unroll, compute_dtype, xs, valid, carry0, w, p,
+                                     state_mask, residuals=True)
     return (outs, carry), (xs, valid, carry0, w, p, state_mask, outs, pre, rest)
 
 
-def _masked_scan_bwd(cell, unroll, res, cts):
+def _masked_scan_bwd(cell, unroll, compute_dtype, res, cts):
     xs, valid, carry0, w, p, state_mask, outs, pre, rest = res
     d_outs, d_carry = cts
     D, summed = len(xs), _summed(cell)
     w_hh = jnp.swapaxes(w.w_hh_t, 1, 2)
+    w_hh = w_hh if compute_dtype is None else w_hh.astype(compute_dtype)
     zero = jnp.zeros((), xs[0].dtype)
     # h_{t-1} of every step: valid steps are a prefix, so it is the previous output (padded steps
     # have zero gradient and never use it).
@@ -177,7 +201,7 @@ def _masked_scan_bwd(cell, unroll, res, cts):
         else:
             _, vjp = jax.vjp(cell, *pre_t, prev_t, p)
             d_xp, d_hw, d_prev, d_p_t = vjp(d_new)
-        d_h_rec = jnp.matmul(d_hw, w_hh)                                       # [D, B, H_out]
+        d_h_rec = _matmul(d_hw, w_hh, compute_dtype)                           # [D, B, H_out]
         if state_mask is not None:
             d_mask = d_mask + d_h_rec * prev_t[0]
             d_h_rec = d_h_rec * state_mask
@@ -196,12 +220,11 @@ def _masked_scan_bwd(cell, unroll, res, cts):
         body, acc0, (steps, rest, h_prev, valid, d_outs), reverse=True, unroll=unroll)
     d_xp, d_hw = (d_seq, d_seq) if summed else (d_seq[:D], d_seq[D:])
     h_rec = h_prev if state_mask is None else tuple(h * state_mask[d] for d, h in enumerate(h_prev))
-    # Per direction: [S, B, ·] sequences contracted over (S, B) in one GEMM each.
-    contract = lambda a, b: jnp.tensordot(a, b, axes=([0, 1], [0, 1]))  # noqa: E731
-    d_xs = tuple(jnp.matmul(d_xp[d], w.w_ih_t[d].T) for d in range(D))
+    # Per direction: [S, B, ·] sequences, one GEMM each.
+    d_xs = tuple(_matmul(d_xp[d], w.w_ih_t[d].T, compute_dtype) for d in range(D))
     d_w = LayerWeights(
-        w_ih_t=jnp.stack([contract(xs[d], d_xp[d]) for d in range(D)]),
-        w_hh_t=jnp.stack([contract(h_rec[d], d_hw[d]) for d in range(D)]),
+        w_ih_t=jnp.stack([_contract(xs[d], d_xp[d], compute_dtype) for d in range(D)]),
+        w_hh_t=jnp.stack([_contract(h_rec[d], d_hw[d], compute_dtype) for d in range(D)]),
         bias=None if w.bias is None else jnp.stack([d_xp[d].sum((0, 1))[None] for d in range(D)]))
     return d_xs, None, d_carry0, d_w, d_p, d_mask
 
@@ -302,14 +325,15 @@ def _stack(params: Mapping[str, jax.Array], kind: str, layer: int, num_direction
 def run_layer(mode: str, params: Mapping[str, jax.Array], layer: int, num_directions: int,
               x: jax.Array, lengths: jax.Array, carry0: Carry, *, plan: Optional[Staircase] = None,
               state_mask: Optional[jax.Array] = None, weight_hh_mask: Optional[jax.Array] = None,
-              unroll: int = 1) -> tuple[jax.Array, Carry]:
+              unroll: int = 1, compute_dtype: Optional[jnp.dtype] = None) -> tuple[jax.Array, Carry]:
     """One layer, all directions: ``x [T, B, I] -> (output [T, B, D*H_out], carry)``.
 
     ``x`` must already be zero at padded positions. ``carry0`` entries are ``[D, B, ·]``.
     ``plan``: ``None`` scans every row over all ``T`` steps; a :class:`Staircase` (valid for
     ``lengths``) scans only the active rows of each chunk. ``state_mask`` is broadcastable to
     ``[D, B, H_out]``. ``weight_hh_mask`` (broadcastable to ``[D, G, H_out]``) multiplies ``W_hh``
-    for the whole call (DropConnect / AWD-LSTM weight drop).
+    for the whole call (DropConnect / AWD-LSTM weight drop). ``compute_dtype``: see
+    :func:`masked_scan`.
     """
     T, B = x.shape[0], x.shape[1]
     D = num_directions
@@ -352,7 +376,8 @@ def run_layer(mode: str, params: Mapping[str, jax.Array], layer: int, num_direct
     valid = jnp.arange(T)[:, None] < lengths[None, :]                    # [T, B]
     carry, pieces = carry0, []
     for start, stop, rows in plan.chunks:
-        outs, new = masked_scan(CELLS[mode], unroll, tuple(a[start:stop, :rows] for a in xs),
+        outs, new = masked_scan(CELLS[mode], unroll, compute_dtype,
+                                tuple(a[start:stop, :rows] for a in xs),
                                 valid[start:stop, :rows], tuple(c[:, :rows] for c in carry), w, p,
                                 None if state_mask is None else state_mask[:, :rows])
         carry = tuple(jnp.concatenate([n, c[:, rows:]], axis=1) for n, c in zip(new, carry))

@@ -68,7 +68,7 @@ def test_explicit_staircase_with_traced_lengths(cfg):
 
 
 @pytest.mark.parametrize("options", [dict(unroll=3), dict(time_chunks=1, unroll=2)])
-@pytest.mark.parametrize("cfg", CONFIGS[2::3], ids=Config.label)
+@pytest.mark.parametrize("cfg", CONFIGS[2::5], ids=Config.label)
 def test_unroll(cfg, options):
     _check(cfg, "float64", concrete_lengths=True, **options)
 
@@ -138,7 +138,7 @@ def test_staircase_time_grid_and_default_rows():
     assert plan.padded_steps() < 0.7 * 64 * 64
 
 
-def test_staircase_that_does_not_cover_is_rejected():
+def test_bad_options_are_rejected():
     params = init.torch_default(jax.random.key(0), "LSTM", 2, 3)
     x, lengths = jnp.ones((6, 4, 2)), np.array([6, 5, 2, 1])
     assert not Staircase(((0, 6, 2),)).covers(lengths)          # 2 rows, but rows 0-3 start active
@@ -148,6 +148,37 @@ def test_staircase_that_does_not_cover_is_rejected():
         functional.lstm(params, x, lengths, time_chunks=Staircase(((0, 3, 4),)))
     with pytest.raises(ValueError, match="time_chunks"):
         functional.lstm(params, x, lengths, time_chunks=0)
+    with pytest.raises(TypeError, match="compute_dtype"):
+        functional.lstm(params, x, lengths, compute_dtype=jnp.int8)
     out_a, _ = functional.lstm(params, x, lengths, time_chunks=Staircase(((0, 1, 4), (1, 6, 3))))
     out_b, _ = functional.lstm(params, x, lengths, time_chunks=1)
     np.testing.assert_allclose(out_a, out_b, rtol=1e-6, atol=1e-6)
+
+
+# --- mixed precision -------------------------------------------------------------------------
+@pytest.mark.parametrize("mode, proj, bidirectional", [("LSTM", 0, True), ("LSTM", 3, False),
+                                                       ("GRU", 0, True), ("RNN_TANH", 0, False)])
+def test_bfloat16_compute_is_close_and_keeps_padding_exact(mode, proj, bidirectional):
+    """compute_dtype=bfloat16: float32 results within bf16 accuracy; padding still exactly 0."""
+    T, B, I, H = 12, 10, 4, 6
+    params = init.torch_default(jax.random.key(1), mode, I, H, 2, bidirectional=bidirectional,
+                                proj_size=proj)
+    rng = np.random.default_rng(2)
+    lengths = random_lengths(rng, B, T, zero_rows=1)
+    x = jnp.asarray(rng.standard_normal((T, B, I)), jnp.float32)
+
+    def step(p, xx, dtype):
+        def loss(p, xx):
+            out, state = functional.recurrent(mode, p, xx, lengths, compute_dtype=dtype)
+            return jnp.sum(out * jnp.cos(out)) + sum(jnp.sum(s) for s in jax.tree.leaves(state)), out
+        (value, out), grads = jax.value_and_grad(loss, argnums=(0, 1), has_aux=True)(p, xx)
+        return out, grads
+
+    out32, grads32 = jax.jit(step, static_argnums=2)(params, x, None)
+    out16, grads16 = jax.jit(step, static_argnums=2)(params, x, jnp.bfloat16)
+    pad = np.arange(T)[:, None] >= lengths[None, :]
+    assert out16.dtype == jnp.float32 and not np.any(np.asarray(out16)[pad])
+    assert not np.any(np.asarray(grads16[1])[pad])
+    for a, b in zip(jax.tree.leaves((out16, grads16)), jax.tree.leaves((out32, grads32))):
+        assert a.dtype == b.dtype
+        assert float(jnp.max(jnp.abs(a - b)) / jnp.max(jnp.abs(b))) < 3e-2
