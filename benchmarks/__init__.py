@@ -1,1 +1,1 @@
-"""Training-step benchmarks of jaxseq against torch packed sequences and Flax (``python -m benchmarks.run``)."""
+"""Training-step benchmarks: jaxseq vs torch packed sequences vs Flax (``python -m benchmarks.run``)."""

@@ -233,6 +233,9 @@ NOTES = """## Reading the numbers
   its accuracy is in the mixed-precision table).
 - Flax `nnx.RNN` has no torch-exact GRU cell (`nnx.GRUCell` lacks `b_hn`, flax#5594), so the GRU
   config has no Flax contender.
+- With a CUDA GPU visible to both torch and JAX the same command times torch with cuDNN and JAX on
+  the GPU, TF32 off on both sides (`torch.backends.*.allow_tf32 = False`,
+  `jax_default_matmul_precision="highest"`); jaxseq has no cuDNN path (XLA's scan on GPU).
 - torch on a CPU shared with other busy processes can be far slower than its quiet-machine time
   (its OpenMP threads wait for each other); compare ratios from quiet runs, or use
   `--torch-threads 1` on a loaded machine.
@@ -273,7 +276,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     parser.add_argument("--markdown", help="write the report to this file")
     args = parser.parse_args(argv)
 
-    device = "cuda" if torch.cuda.is_available() else "cpu"
+    # The same device for everyone: CUDA only when both torch and JAX see a GPU.
+    device = "cuda" if torch.cuda.is_available() and jax.default_backend() == "gpu" else "cpu"
     jax.config.update("jax_default_matmul_precision", "highest")
     torch.backends.cuda.matmul.allow_tf32 = False
     torch.backends.cudnn.allow_tf32 = False

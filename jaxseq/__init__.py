@@ -10,9 +10,11 @@ Public API (the README has the torch -> jaxseq map):
 * losses: :func:`masked_cross_entropy`, :func:`masked_mse`, :func:`masked_l1`;
 * dropout: :class:`LockedDropout`, :class:`EmbeddingDropout`, :func:`embedding_dropout`,
   :func:`keep_mask` (plus ``recurrent_dropout`` / ``weight_drop`` on the layers);
+* length bucketing for few-shape training: :mod:`jaxseq.data` (:func:`bucket_by_length`);
 * validation: :func:`check_lengths`, :func:`checked` (length checks under ``jit``).
 """
-from jaxseq import functional, init, layout
+from jaxseq import data, functional, init, layout
+from jaxseq.data import bucket_by_length
 from jaxseq.dropout import EmbeddingDropout, LockedDropout, embedding_dropout, keep_mask
 from jaxseq.interop import load_torch_state_dict, torch_state_dict
 from jaxseq.losses import masked_cross_entropy, masked_l1, masked_mse
@@ -25,7 +27,7 @@ from jaxseq.validation import check_lengths, checked
 __version__ = "0.1.0"
 
 __all__ = [
-    "LSTM", "GRU", "RNN", "RecurrentBase", "functional", "init", "layout",
+    "LSTM", "GRU", "RNN", "RecurrentBase", "functional", "init", "layout", "data", "bucket_by_length",
     "load_torch_state_dict", "torch_state_dict",
     "pad_sequence", "unpad_sequence", "length_mask", "reverse_padded", "last_valid",
     "masked_sum", "masked_mean", "masked_max",
