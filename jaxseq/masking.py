@@ -5,6 +5,8 @@ integer ``lengths [B]``; position ``t`` of row ``b`` is valid iff ``t < lengths[
 """
 from __future__ import annotations
 
+from functools import partial
+
 import jax
 import jax.numpy as jnp
 
@@ -34,10 +36,41 @@ def length_mask(lengths: jax.Array, max_len: int) -> jax.Array:
     return jnp.arange(max_len)[None, :] < lengths[:, None]
 
 
-def _within_length_reversal_index(lengths: jax.Array, max_len: int) -> jax.Array:
-    """``idx [B, T]`` with ``idx[b, t] = lengths[b]-1-t`` for valid ``t`` and ``t`` for padding."""
+@partial(jax.custom_vjp, nondiff_argnums=(3,))
+def take_permutation(a: jax.Array, idx: jax.Array, inv: jax.Array, axis: int) -> jax.Array:
+    """``take_along_axis(a, idx, axis)`` for an index that permutes ``axis``; ``inv`` is its inverse.
+
+    ``idx`` and ``inv`` have ``a.ndim`` dimensions and broadcast against ``a``. The gradient is the
+    inverse permutation, done as a gather (the default transpose of a gather is a scatter-add).
+    """
+    return jnp.take_along_axis(a, idx, axis=axis)
+
+
+def _take_permutation_fwd(a, idx, inv, axis):
+    return jnp.take_along_axis(a, idx, axis=axis), (idx, inv)
+
+
+def _take_permutation_bwd(axis, res, g):
+    _, inv = res
+    return jnp.take_along_axis(g, inv, axis=axis), None, None
+
+
+take_permutation.defvjp(_take_permutation_fwd, _take_permutation_bwd)
+
+
+def reverse_within_length(x: jax.Array, lengths: jax.Array, t_axis: int = 0) -> jax.Array:
+    """Unchecked core of :func:`reverse_padded`: ``lengths`` must already be valid ``int32 [B]``.
+
+    ``t_axis`` is 0 (``[T, B, ...]``) or 1 (``[B, T, ...]``). An involution, so the permutation is its
+    own inverse (and its gradient is the same gather).
+    """
+    max_len = x.shape[t_axis]
     t = jnp.arange(max_len)[None, :]
-    return jnp.where(t < lengths[:, None], lengths[:, None] - 1 - t, t)
+    idx = jnp.where(t < lengths[:, None], lengths[:, None] - 1 - t, t)   # [B, T]
+    if t_axis == 0:
+        idx = idx.T                                                        # [T, B]
+    idx = idx.reshape(idx.shape + (1,) * (x.ndim - 2))
+    return take_permutation(x, idx, idx, t_axis)
 
 
 def reverse_padded(x: jax.Array, lengths: jax.Array, batch_first: bool = False) -> jax.Array:
@@ -60,13 +93,8 @@ def reverse_padded(x: jax.Array, lengths: jax.Array, batch_first: bool = False) 
            [5, 4, 0]], dtype=int32)
     """
     t_axis = _time_axis(batch_first)
-    max_len, batch = x.shape[t_axis], x.shape[1 - t_axis]
-    lengths = check_lengths(lengths, max_len, batch)
-    idx = _within_length_reversal_index(lengths, max_len)  # [B, T]
-    if not batch_first:
-        idx = idx.T  # [T, B]
-    idx = idx.reshape(idx.shape + (1,) * (x.ndim - 2))
-    return jnp.take_along_axis(x, idx, axis=t_axis)
+    lengths = check_lengths(lengths, x.shape[t_axis], x.shape[1 - t_axis])
+    return reverse_within_length(x, lengths, t_axis)
 
 
 def last_valid(output: jax.Array, lengths: jax.Array, batch_first: bool = False) -> jax.Array:

@@ -33,39 +33,7 @@ from jax import lax
 
 from jaxseq.cells import CELLS, Carry, CellParams, gru_cell
 from jaxseq.layout import param_name
-from jaxseq.masking import _within_length_reversal_index
-
-
-# --------------------------------------------------------------------------------------------
-# Permutations with a gather (not a scatter) in the backward pass
-# --------------------------------------------------------------------------------------------
-@partial(jax.custom_vjp, nondiff_argnums=(3,))
-def take_permutation(a: jax.Array, idx: jax.Array, inv: jax.Array, axis: int) -> jax.Array:
-    """``take_along_axis(a, idx, axis)`` for an index that permutes ``axis``; ``inv`` is its inverse.
-
-    ``idx`` and ``inv`` have ``a.ndim`` dimensions and broadcast against ``a``. The gradient is the
-    inverse permutation, done as a gather (the default transpose of a gather is a scatter-add).
-    """
-    return jnp.take_along_axis(a, idx, axis=axis)
-
-
-def _take_permutation_fwd(a, idx, inv, axis):
-    return jnp.take_along_axis(a, idx, axis=axis), (idx, inv)
-
-
-def _take_permutation_bwd(axis, res, g):
-    idx, inv = res
-    return jnp.take_along_axis(g, inv, axis=axis), None, None
-
-
-take_permutation.defvjp(_take_permutation_fwd, _take_permutation_bwd)
-
-
-def reverse_within_length(x: jax.Array, lengths: jax.Array) -> jax.Array:
-    """``x [T, B, ...]`` with every row reversed within its own length (an involution)."""
-    idx = _within_length_reversal_index(lengths, x.shape[0]).T            # [T, B]
-    idx = idx.reshape(idx.shape + (1,) * (x.ndim - 2))
-    return take_permutation(x, idx, idx, 0)
+from jaxseq.masking import reverse_within_length, take_permutation
 
 
 def _permute_rows(a: jax.Array, perm: jax.Array, inv: jax.Array, axis: int = 1) -> jax.Array:
