@@ -21,6 +21,7 @@ from flax import nnx
 
 from benchmarks.baseline import plain_masked_lstm
 from jaxseq import functional
+from jaxseq.data import pack_rows
 from torch_ref.packed import run_packed
 
 TORCH_CLASSES = {"LSTM": torch.nn.LSTM, "GRU": torch.nn.GRU}
@@ -147,6 +148,38 @@ def jaxseq_step(cfg: BenchConfig, torch_model: torch.nn.RNNBase, traced_lengths:
     run = partial(functional.recurrent, cfg.mode, **options)
     return _jax_step(cfg, torch_model, run, traced_lengths, name or default,
                      note if name is None else "", exact=options.get("compute_dtype") is None)
+
+
+def packed_rows(cfg: BenchConfig) -> tuple[np.ndarray, np.ndarray, int, float]:
+    """The config's sequences packed end to end into rows of ``T`` steps (best-fit decreasing).
+
+    Returns ``(x [R, T, I], segment_ids [R, T], max_segments, density)``: the same valid tokens
+    as the padded batch, in ``R ~ tokens / T`` rows.
+    """
+    lengths, x_tm = cfg.lengths(), cfg.inputs()
+    packing = pack_rows(lengths, cfg.time)
+    seqs = [x_tm[:n, b] for b, n in enumerate(lengths)]
+    return (packing.pack(seqs), packing.segment_ids(), packing.max_segments, packing.density)
+
+
+def jaxseq_packed_step(cfg: BenchConfig, torch_model: torch.nn.RNNBase) -> Contender:
+    """jaxseq on packed rows: the same sequences as the padded batch, several per row, with traced
+    ``segment_ids`` (one compilation for every batch of this shape). The loss is the padded
+    contenders': valid outputs plus the final states of every sequence."""
+    params = {k: jnp.asarray(v.detach().cpu().numpy()) for k, v in torch_model.state_dict().items()}
+    x, ids, max_segments, density = packed_rows(cfg)
+    args = (params, jnp.asarray(x), jnp.asarray(ids))
+
+    def loss(p, xx, seg):
+        output, state = functional.recurrent(cfg.mode, p, xx, segment_ids=seg,
+                                             max_segments=max_segments, batch_first=True)
+        return _loss_of(cfg.mode, output, state)   # absent segments hold zero states
+
+    compiled, seconds, mb = _compiled(jax.value_and_grad(loss, argnums=(0, 1)), *args)
+    value, _ = compiled(*args)
+    note = f"{x.shape[0]} rows x {cfg.time}, density {100 * density:.1f}%, traced segment_ids"
+    return Contender("jaxseq-packed", lambda: _block(compiled(*args)), float(value), seconds, mb,
+                     note)
 
 
 def baseline_step(cfg: BenchConfig, torch_model: torch.nn.RNNBase) -> Contender:
@@ -295,7 +328,8 @@ def matmul_gflops(n: int, device: str, repeats: int = 5) -> tuple[float, float]:
 
 def build(cfg: BenchConfig, device: str) -> list[Contender]:
     """Every contender that applies to ``cfg`` (Flax only for LSTM: it has no torch-exact GRU)."""
-    contenders = [jaxseq_step(cfg, cfg.torch_module(), traced_lengths=False),
+    contenders = [jaxseq_packed_step(cfg, cfg.torch_module()),
+                  jaxseq_step(cfg, cfg.torch_module(), traced_lengths=False),
                   jaxseq_step(cfg, cfg.torch_module(), traced_lengths=True),
                   torch_step(cfg, cfg.torch_module(), device)]
     if cfg.mode == "LSTM":

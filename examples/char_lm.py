@@ -1,25 +1,36 @@
 """Character-level language model on the word-language words: the per-token (tagging) pattern in JAX.
 
-    python examples/char_lm.py --quick
+    python examples/char_lm.py --quick                  # packed rows (the default layout)
+    python examples/char_lm.py --quick --layout padded  # one word per row, with lengths
     python examples/char_lm.py
 
 Each word is read as ``BOS c_1 ... c_n`` and must predict ``c_1 ... c_n EOS`` (next character at every
-step). Embedding → locked dropout → :class:`jaxseq.LSTM` with ``lengths`` → dropout → linear over the
-vocabulary ``[B, T, V]``; the loss is :func:`jaxseq.losses.masked_cross_entropy` with the validity mask
-``jaxseq.length_mask(lengths, T)``, i.e. averaged over real characters only. Reports per-character
-perplexity on the held-out test words. Twin of :class:`torch_ref.models.CharLM`.
+step). Embedding → locked dropout → :class:`jaxseq.LSTM` → dropout → linear over the vocabulary
+``[B, T, V]``; the loss is :func:`jaxseq.losses.masked_cross_entropy` over the real characters only.
+Reports per-character perplexity on the held-out test words. Twin of :class:`torch_ref.models.CharLM`.
+
+Two layouts of the same words, the same model and the same loss:
+
+* ``packed`` (default): words end to end in rows of ``ROW_LENGTH`` steps (:func:`jaxseq.pack_rows`),
+  ``segment_ids`` telling them apart; every word still starts from a zero state, its own locked
+  dropout mask, and the loss mask is ``segment_ids > 0``. One static shape for every batch and
+  nearly no padding.
+* ``padded``: one word per row, ``lengths`` and ``length_mask`` (the torch twin's layout).
 """
 from __future__ import annotations
 
+import argparse
 import itertools
 import math
 import sys
 import time
+from functools import partial
 from pathlib import Path
 from typing import Any, Iterator, Optional, Sequence
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 from flax import nnx
 
@@ -29,7 +40,8 @@ if __package__ in (None, ""):  # `python examples/char_lm.py`: make the repo roo
 import jaxseq
 from examples.training import History, TrainConfig, parse_config
 from examples.word_language import torch_linear_init
-from examples.wordlang_data import IGNORE, WordLangData, build_dataset, lm_batches, num_batches
+from examples.wordlang_data import (BOS, EOS, IGNORE, PAD, WordLangData, build_dataset, lm_batches,
+                                    num_batches)
 from jaxseq.losses import masked_cross_entropy
 
 
@@ -53,9 +65,13 @@ class CharLM(nnx.Module):
         self.decoder = nnx.Linear(hidden_size, vocab_size, param_dtype=param_dtype,
                                   kernel_init=kernel_init, bias_init=bias_init, rngs=rngs)
 
-    def __call__(self, inputs: jax.Array, lengths: jax.Array) -> jax.Array:
-        x = self.embed_dropout(self.embedding(inputs))                  # [B, T, E]
-        output, _ = self.lstm(x, lengths)                           # [B, T, H], 0 at padding
+    def __call__(self, inputs: jax.Array, lengths: Optional[jax.Array] = None, *,
+                 segment_ids: Optional[jax.Array] = None,
+                 max_segments: Optional[int] = None) -> jax.Array:
+        """``inputs [B, T]`` with ``lengths [B]`` (padded) or ``segment_ids [B, T]`` (packed rows)."""
+        rows = dict(segment_ids=segment_ids, max_segments=max_segments)
+        x = self.embed_dropout(self.embedding(inputs), **(rows if segment_ids is not None else {}))
+        output, _ = self.lstm(x, lengths, **rows)                   # [B, T, H], 0 at padding
         return self.decoder(self.output_dropout(output))            # [B, T, V]
 
 
@@ -75,6 +91,13 @@ def token_loss(model: CharLM, inputs: jax.Array, lengths: jax.Array, targets: ja
     return masked_cross_entropy(logits, targets, mask, reduction=reduction)
 
 
+def packed_token_loss(model: CharLM, inputs: jax.Array, segment_ids: jax.Array,
+                      targets: jax.Array, max_segments: int, reduction: str = "mean") -> jax.Array:
+    """:func:`token_loss` on packed rows: the real positions are ``segment_ids > 0``."""
+    logits = model(inputs, segment_ids=segment_ids, max_segments=max_segments)
+    return masked_cross_entropy(logits, targets, segment_ids > 0, reduction=reduction)
+
+
 @nnx.jit
 def train_step(model: CharLM, optimizer: nnx.Optimizer, inputs: jax.Array, lengths: jax.Array,
                targets: jax.Array) -> jax.Array:
@@ -91,19 +114,75 @@ def total_loss(model: CharLM, inputs: jax.Array, lengths: jax.Array, targets: ja
     return token_loss(model, inputs, lengths, targets, reduction="sum")
 
 
-def arrays(data: WordLangData, split: str, batch_size: int, *, shuffle: bool = False,
-           seed: int = 0) -> Iterator[tuple[jax.Array, jax.Array, jax.Array]]:
-    """``(inputs, lengths, targets)`` device arrays of the shared loader."""
-    for batch in lm_batches(data, split, batch_size, shuffle=shuffle, seed=seed):
-        yield jnp.asarray(batch.inputs), jnp.asarray(batch.lengths), jnp.asarray(batch.targets)
+@partial(nnx.jit, static_argnames="max_segments")
+def packed_train_step(model: CharLM, optimizer: nnx.Optimizer, inputs: jax.Array,
+                      segment_ids: jax.Array, targets: jax.Array, max_segments: int) -> jax.Array:
+    """:func:`train_step` on packed rows."""
+    loss, grads = nnx.value_and_grad(packed_token_loss)(model, inputs, segment_ids, targets,
+                                                        max_segments)
+    optimizer.update(model, grads)
+    return loss
 
 
-def evaluate(model: CharLM, data: WordLangData, split: str, batch_size: int) -> tuple[float, float]:
+@partial(nnx.jit, static_argnames="max_segments")
+def packed_total_loss(model: CharLM, inputs: jax.Array, segment_ids: jax.Array,
+                      targets: jax.Array, max_segments: int) -> jax.Array:
+    """:func:`total_loss` on packed rows."""
+    return packed_token_loss(model, inputs, segment_ids, targets, max_segments, reduction="sum")
+
+
+#: Packed layout: rows of this many steps (longer than any word + BOS), at most half as many
+#: words per row (every word takes at least 2 steps), so ``max_segments`` is one static number.
+ROW_LENGTH = 64
+MAX_SEGMENTS = ROW_LENGTH // 2
+
+
+def packed_lm_batches(data: WordLangData, split: str, rows_per_batch: int, *,
+                      shuffle: bool = False, seed: int = 0
+                      ) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray]]:
+    """``(inputs, segment_ids, targets)``, each ``[rows_per_batch, ROW_LENGTH]``, over every word of
+    ``split`` packed end to end (``BOS`` + word -> word + ``EOS``, ``IGNORE`` at padding). The last
+    batch is filled up with empty rows, so every batch has the same shape."""
+    part = data.split(split)
+    words = [data.encode(w) for w in part.words]
+    packing = jaxseq.pack_rows([len(w) + 1 for w in words], ROW_LENGTH, max_segments=MAX_SEGMENTS)
+    inputs = packing.pack([np.concatenate([[BOS], w]) for w in words], padding_value=PAD)
+    targets = packing.pack([np.concatenate([w, [EOS]]) for w in words], padding_value=IGNORE)
+    ids = packing.segment_ids()
+    for rows in packing.batches(rows_per_batch, shuffle=shuffle, seed=seed):
+        fill = rows_per_batch - len(rows)
+        yield tuple(np.pad(a[rows], ((0, fill), (0, 0)), constant_values=v)
+                    for a, v in ((inputs, PAD), (ids, 0), (targets, IGNORE)))
+
+
+def rows_per_batch(data: WordLangData, batch_size: int) -> int:
+    """Rows of ``ROW_LENGTH`` holding about as many characters as ``batch_size`` words do."""
+    mean = float(np.mean([len(w) + 1 for w in data.train.words]))
+    return max(1, round(batch_size * mean / ROW_LENGTH))
+
+
+def arrays(data: WordLangData, split: str, batch_size: int, *, packed: bool = False,
+           shuffle: bool = False, seed: int = 0) -> Iterator[tuple[jax.Array, jax.Array, jax.Array]]:
+    """Device arrays ``(inputs, lengths, targets)`` of the shared loader, or with ``packed``
+    ``(inputs, segment_ids, targets)`` of :func:`packed_lm_batches`."""
+    if packed:
+        source = packed_lm_batches(data, split, rows_per_batch(data, batch_size), shuffle=shuffle,
+                                   seed=seed)
+    else:
+        source = ((b.inputs, b.lengths, b.targets)
+                  for b in lm_batches(data, split, batch_size, shuffle=shuffle, seed=seed))
+    for batch in source:
+        yield tuple(jnp.asarray(a) for a in batch)
+
+
+def evaluate(model: CharLM, data: WordLangData, split: str, batch_size: int, *,
+             packed: bool = False) -> tuple[float, float]:
     """(mean loss per character, perplexity per character) on ``split``; ``EOS`` counts."""
     model.eval()
     total, count = 0.0, 0
-    for inputs, lengths, targets in arrays(data, split, batch_size):
-        total += float(total_loss(model, inputs, lengths, targets))
+    for inputs, layout, targets in arrays(data, split, batch_size, packed=packed):
+        total += float(packed_total_loss(model, inputs, layout, targets, MAX_SEGMENTS) if packed
+                       else total_loss(model, inputs, layout, targets))
         count += int(jnp.sum(targets != IGNORE))
     return total / count, math.exp(total / count)
 
@@ -112,35 +191,47 @@ def main(argv: Optional[Sequence[str]] = None) -> float:
     """Train, then report test perplexity; returns it."""
     from tqdm import tqdm
 
-    config, out = parse_config(__doc__.splitlines()[0], argv)
+    layout_parser = argparse.ArgumentParser(add_help=False)
+    layout_parser.add_argument("--layout", choices=["packed", "padded"], default="packed")
+    layout_args, rest = layout_parser.parse_known_args(argv)
+    packed = layout_args.layout == "packed"
+    config, out = parse_config(__doc__.splitlines()[0], rest)
     data = build_dataset(words_per_language=config.words_per_language, seed=config.seed)
     model = build_model(data, config)
     optimizer = nnx.Optimizer(model, optax.adam(config.learning_rate), wrt=nnx.Param)
     history = History()
-    steps = num_batches(data, "train", config.batch_size)
+    if packed:
+        words = len(data.train)
+        steps = sum(1 for _ in packed_lm_batches(data, "train", rows_per_batch(data, config.batch_size)))
+        print(f"packed rows: {rows_per_batch(data, config.batch_size)} rows x {ROW_LENGTH} steps "
+              f"per batch, {steps} batches for {words} words")
+    else:
+        steps = num_batches(data, "train", config.batch_size)
     steps = min(steps, config.max_steps) if config.max_steps else steps
     print(f"{len(data.train)} training words, vocabulary {data.vocab_size}; "
           f"uniform perplexity would be {data.vocab_size - 1}")
     for epoch in range(config.epochs):
         start = time.perf_counter()
         model.train()
-        epoch_arrays = arrays(data, "train", config.batch_size, shuffle=True,
+        epoch_arrays = arrays(data, "train", config.batch_size, packed=packed, shuffle=True,
                               seed=config.seed * 1000 + epoch)
         bar = tqdm(itertools.islice(epoch_arrays, steps), total=steps, leave=False,
                    desc=f"epoch {epoch + 1}/{config.epochs}")
-        for inputs, lengths, targets in bar:
-            history.step_loss.append(float(train_step(model, optimizer, inputs, lengths, targets)))
+        for inputs, layout, targets in bar:
+            loss = (packed_train_step(model, optimizer, inputs, layout, targets, MAX_SEGMENTS)
+                    if packed else train_step(model, optimizer, inputs, layout, targets))
+            history.step_loss.append(float(loss))
             history.step_metric.append(math.exp(history.step_loss[-1]))
             bar.set_postfix(loss=f"{history.step_loss[-1]:.3f}", refresh=False)
         bar.close()
         seconds = time.perf_counter() - start
-        valid_loss, valid_ppl = evaluate(model, data, "valid", config.batch_size)
+        valid_loss, valid_ppl = evaluate(model, data, "valid", config.batch_size, packed=packed)
         history.add_epoch(valid_loss, valid_ppl, seconds)
         print(f"epoch {epoch + 1}: {seconds:.1f} s, valid loss {valid_loss:.3f}, "
               f"valid perplexity {valid_ppl:.2f}")
-    test_loss, test_ppl = evaluate(model, data, "test", config.batch_size)
-    plot = history.plot(out / "char_lm.png", "character LM, JAX (jaxseq LSTM)",
-                        metric="perplexity")
+    test_loss, test_ppl = evaluate(model, data, "test", config.batch_size, packed=packed)
+    plot = history.plot(out / f"char_lm_{layout_args.layout}.png",
+                        f"character LM, JAX (jaxseq LSTM, {layout_args.layout})", metric="perplexity")
     print(f"plot: {plot}")
     print(f"test loss {test_loss:.4f} nats/char, test perplexity {test_ppl:.3f} per character")
     return test_ppl

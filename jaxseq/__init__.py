@@ -10,11 +10,14 @@ Public API (the README has the torch -> jaxseq map):
 * losses: :func:`masked_cross_entropy`, :func:`masked_mse`, :func:`masked_l1`;
 * dropout: :class:`LockedDropout`, :class:`EmbeddingDropout`, :func:`embedding_dropout`,
   :func:`keep_mask` (plus ``recurrent_dropout`` / ``weight_drop`` on the layers);
-* length bucketing for few-shape training: :mod:`jaxseq.data` (:func:`bucket_by_length`);
+* packed rows (several sequences per row, ``segment_ids=`` on the layers): per-segment helpers
+  :func:`segment_last`, :func:`segment_sum`, :func:`segment_mean`, :func:`segment_max`,
+  :func:`segment_lengths`, :func:`segment_broadcast` (:mod:`jaxseq.segments`);
+* host-side data: :mod:`jaxseq.data` (:func:`bucket_by_length`, :func:`pack_rows`);
 * validation: :func:`check_lengths`, :func:`checked` (length checks under ``jit``).
 """
-from jaxseq import data, functional, init, layout
-from jaxseq.data import bucket_by_length
+from jaxseq import data, functional, init, layout, segments
+from jaxseq.data import bucket_by_length, pack_rows
 from jaxseq.dropout import EmbeddingDropout, LockedDropout, embedding_dropout, keep_mask
 from jaxseq.interop import load_torch_state_dict, torch_state_dict
 from jaxseq.losses import masked_cross_entropy, masked_l1, masked_mse
@@ -22,12 +25,17 @@ from jaxseq.masking import last_valid, length_mask, reverse_padded
 from jaxseq.padding import pad_sequence, unpad_sequence
 from jaxseq.pooling import masked_max, masked_mean, masked_sum
 from jaxseq.recurrent import GRU, LSTM, RNN, RecurrentBase
+from jaxseq.segments import (segment_broadcast, segment_last, segment_lengths, segment_max,
+                             segment_mean, segment_sum)
 from jaxseq.validation import check_lengths, checked
 
 __version__ = "0.1.0"
 
 __all__ = [
-    "LSTM", "GRU", "RNN", "RecurrentBase", "functional", "init", "layout", "data", "bucket_by_length",
+    "LSTM", "GRU", "RNN", "RecurrentBase", "functional", "init", "layout", "data", "segments",
+    "bucket_by_length", "pack_rows",
+    "segment_last", "segment_sum", "segment_mean", "segment_max", "segment_lengths",
+    "segment_broadcast",
     "load_torch_state_dict", "torch_state_dict",
     "pad_sequence", "unpad_sequence", "length_mask", "reverse_padded", "last_valid",
     "masked_sum", "masked_mean", "masked_max",

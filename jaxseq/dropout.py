@@ -23,6 +23,8 @@ import numpy as np
 from flax import nnx
 from flax.nnx.module import first_from
 
+from jaxseq.segments import infer_max_segments, segment_broadcast
+
 
 def check_rate(rate: float, name: str = "dropout") -> float:
     """Return ``float(rate)`` or raise torch's ``ValueError`` for a rate outside ``[0, 1]``."""
@@ -75,14 +77,20 @@ class LockedDropout(nnx.Module):
     call ``.train()`` to enable it, as for every jaxseq dropout).
 
     Args:
-      rate: probability of zeroing a feature of a sequence.
+      rate: probability of zeroing a feature of a sequence; a call's ``rate=`` overrides it (as
+        AWD-LSTM calls one ``LockedDropout()`` with a different rate at each place).
       batch_first: layout of the inputs (``[B, T, F]`` if True, else ``[T, B, F]``).
       deterministic: initial mode; ``True`` (evaluation) by default.
       rngs: source of the ``dropout`` stream.
 
-    Call ``layer(x, *, mask=None, deterministic=None, rngs=None)``: an explicit ``mask`` (a scaled
-    multiplier broadcastable to ``x``, e.g. from :func:`keep_mask`) is applied as given; ``rngs`` (a key,
-    ``RngStream`` or ``Rngs``) overrides the stored stream.
+    Call ``layer(x, *, rate=None, mask=None, segment_ids=None, max_segments=None,
+    deterministic=None, rngs=None)``: an explicit ``mask`` (a scaled multiplier broadcastable to
+    ``x``, e.g. from :func:`keep_mask`) is applied as given; ``rngs`` (a key, ``RngStream`` or
+    ``Rngs``) overrides the stored stream.
+
+    Packed rows (:mod:`jaxseq.segments`): with ``segment_ids`` (in the layout of ``x``'s first two
+    axes) one mask ``[B, S, F]`` is drawn per *segment*, so every sequence of a row gets its own
+    mask, shared by its steps (``max_segments`` defaults to the largest id of concrete ids).
 
     >>> drop = LockedDropout(0.5, rngs=nnx.Rngs(0))
     >>> drop.train()
@@ -103,15 +111,27 @@ class LockedDropout(nnx.Module):
         t_axis = 1 if self.batch_first else 0
         return x.shape[:t_axis] + (1,) + x.shape[t_axis + 1:]
 
-    def __call__(self, x: jax.Array, *, mask: Optional[jax.Array] = None,
+    def __call__(self, x: jax.Array, *, rate: Optional[float] = None,
+                 mask: Optional[jax.Array] = None,
+                 segment_ids: Optional[jax.Array] = None, max_segments: Optional[int] = None,
                  deterministic: Optional[bool] = None,
                  rngs: nnx.Rngs | nnx.RngStream | jax.Array | None = None) -> jax.Array:
+        rate = self.rate if rate is None else check_rate(rate, "rate")
         if mask is not None:
             return x * _check_mask(mask, x.shape, "LockedDropout").astype(x.dtype)
-        if first_from(deterministic, self.deterministic, error_msg="deterministic not set") or self.rate == 0:
+        if first_from(deterministic, self.deterministic, error_msg="deterministic not set") or rate == 0:
             return x
-        source = first_from(rngs, self.rngs, error_msg="LockedDropout in training mode needs `rngs`")
-        return x * keep_mask(_key_from(source), self.rate, self.mask_shape(x), x.dtype)
+        key = _key_from(first_from(rngs, self.rngs,
+                                   error_msg="LockedDropout in training mode needs `rngs`"))
+        if segment_ids is None:
+            return x * keep_mask(key, rate, self.mask_shape(x), x.dtype)
+        if x.ndim < 3:
+            raise ValueError(f"LockedDropout with segment_ids expects x of shape [T, B, F...] (or "
+                             f"[B, T, F...]), got {x.shape}")
+        S = infer_max_segments(segment_ids) if max_segments is None else max_segments
+        batch = x.shape[0] if self.batch_first else x.shape[1]
+        per_segment = keep_mask(key, rate, (batch, S) + x.shape[2:], x.dtype)
+        return x * segment_broadcast(per_segment, segment_ids, self.batch_first)
 
 
 def _is_key(a: jax.Array) -> bool:

@@ -36,7 +36,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxseq.layout import Structure, infer_structure
-from jaxseq.scan import Staircase, run_layer, staircase
+from jaxseq.scan import Staircase, run_layer, run_segment_layer, staircase
+from jaxseq.segments import check_segment_ids, segment_layout
 from jaxseq.validation import check_floating, check_lengths, check_size, is_concrete
 
 Params = Mapping[str, jax.Array]
@@ -45,10 +46,12 @@ Params = Mapping[str, jax.Array]
 DEFAULT_TIME_CHUNKS = 6
 
 
-def _state_shapes(s: Structure, batch: int) -> list[tuple[int, ...]]:
-    shapes = [(s.num_directions * s.num_layers, batch, s.output_size)]
+def _state_shapes(s: Structure, batch: int, segments: Optional[int] = None) -> list[tuple[int, ...]]:
+    """``h`` (and ``c``) shapes: ``[D*L, B, ·]``, or ``[D*L, B, S, ·]`` for packed rows."""
+    lead = (s.num_directions * s.num_layers, batch) + (() if segments is None else (segments,))
+    shapes = [lead + (s.output_size,)]
     if s.mode == "LSTM":
-        shapes.append((s.num_directions * s.num_layers, batch, s.hidden_size))
+        shapes.append(lead + (s.hidden_size,))
     return shapes
 
 
@@ -75,7 +78,8 @@ def _check_input(s: Structure, x: Any) -> None:
                          f"{tuple(x.shape)}")
 
 
-def _check_state(s: Structure, hx: Any, batch: int, unbatched: bool) -> list[jax.Array]:
+def _check_state(s: Structure, hx: Any, batch: int, unbatched: bool,
+                 segments: Optional[int] = None) -> list[jax.Array]:
     """Validate ``hx`` and return it as a list ``[h0]`` or ``[h0, c0]`` of batched arrays."""
     names = ["h_0", "c_0"] if s.mode == "LSTM" else ["h_0"]
     if s.mode == "LSTM":
@@ -87,8 +91,8 @@ def _check_state(s: Structure, hx: Any, batch: int, unbatched: bool) -> list[jax
             raise TypeError(f"{s.mode} expects hx=h_0 (a single array), got {_describe(hx)}")
         parts = [hx]
     out = []
-    for name, part, want in zip(names, parts, _state_shapes(s, batch)):
-        want = want[::2] if unbatched else want
+    for name, part, want in zip(names, parts, _state_shapes(s, batch, segments)):
+        want = want[:1] + want[2:] if unbatched else want
         got = tuple(getattr(part, "shape", ()))
         if got != want:
             raise ValueError(f"Expected hidden size {want} for {name}, got {got}")
@@ -154,13 +158,14 @@ def _schedule(time_chunks: Union[int, Staircase], host_lengths: Optional[np.ndar
 
 
 def recurrent(mode: str, params: Params, x: jax.Array, lengths: Optional[jax.Array] = None,
-              hx: Any = None, *, batch_first: bool = False,
+              hx: Any = None, *, segment_ids: Optional[jax.Array] = None,
+              max_segments: Optional[int] = None, batch_first: bool = False,
               dropout_masks: Optional[Sequence[Optional[jax.Array]]] = None,
               state_masks: Optional[Sequence[Optional[jax.Array]]] = None,
               weight_hh_masks: Optional[Sequence[Optional[jax.Array]]] = None,
               unroll: int = 1, time_chunks: Union[int, Staircase] = DEFAULT_TIME_CHUNKS,
               compute_dtype: Optional[Any] = None) -> tuple[jax.Array, Any]:
-    """Run a torch-compatible recurrent stack over a padded batch.
+    """Run a torch-compatible recurrent stack over a padded batch, or over packed rows.
 
     Args:
       mode: ``"LSTM"``, ``"GRU"``, ``"RNN_TANH"`` or ``"RNN_RELU"`` (torch's names).
@@ -168,12 +173,23 @@ def recurrent(mode: str, params: Params, x: jax.Array, lengths: Optional[jax.Arr
       x: ``[T, B, I]`` (``[B, T, I]`` with ``batch_first``), or unbatched ``[T, I]``.
       lengths: integer ``[B]`` with ``0 <= lengths[b] <= T``; ``None`` means all ``T``.
       hx: ``(h_0 [D*L, B, H_out], c_0 [D*L, B, H])`` for LSTM, ``h_0`` otherwise; zeros if ``None``.
-      batch_first: layout of ``x`` and ``output``.
+        With ``segment_ids``: one state per segment, ``[D*L, B, S, ·]``.
+      segment_ids: packed rows (see :mod:`jaxseq.segments`): integer ``[T, B]`` (``[B, T]`` with
+        ``batch_first``; ``[T]`` for unbatched ``x``) holding segments ``1..k`` as contiguous runs
+        from ``t = 0``, then ``0`` (padding). Every segment is an independent sequence: it starts
+        from its own initial state and the reverse direction reads it backwards within itself.
+        Mutually exclusive with ``lengths``.
+      max_segments: ``S`` (a static int) with ``segment_ids``: ``h_n`` is ``[D*L, B, S, H_out]``
+        (``c_n`` ``[D*L, B, S, H]``), entry ``[:, b, s-1]`` the state of segment ``s`` of row ``b``
+        after its own last step (reverse direction: after its first). Segment numbers a row does
+        not hold keep their initial state. Default: the largest id (concrete ids only).
+      batch_first: layout of ``x``, ``output`` (and ``segment_ids``).
       dropout_masks: ``L-1`` multipliers (already scaled by ``1/(1-p)``), each broadcastable to the
         output of layers ``0..L-2`` (``[T, B, D*H_out]``, or ``[B, T, ·]`` with ``batch_first``):
         torch's inter-layer ``dropout`` when drawn element-wise, locked dropout when constant in time.
-      state_masks: ``L`` multipliers broadcastable to ``[D, B, H_out]`` applied to ``h_{t-1}`` where it
-        enters ``W_hh`` at every step (variational recurrent dropout; the carried state is not masked).
+      state_masks: ``L`` multipliers broadcastable to ``[D, B, H_out]`` (``[D, B, S, H_out]`` with
+        ``segment_ids``: one per segment) applied to ``h_{t-1}`` where it enters ``W_hh`` at every
+        step (variational recurrent dropout; the carried state is not masked).
       weight_hh_masks: ``L`` multipliers broadcastable to ``[D, G, H_out]`` applied to ``W_hh`` for the
         whole call (weight drop / DropConnect).
       unroll: ``lax.scan`` unroll factor.
@@ -183,7 +199,7 @@ def recurrent(mode: str, params: Params, x: jax.Array, lengths: Optional[jax.Arr
         runs the plain masked scan over ``B * T`` steps. A :class:`jaxseq.scan.Staircase` built on the
         host from the batch's lengths may be passed instead (as a static argument), which also works
         with traced ``lengths``; it must cover them (checked when they are concrete). Results are the
-        same either way.
+        same either way. Packed rows are dense already: there the setting is ignored.
       compute_dtype: ``None`` (default: matmuls in the parameter dtype, torch's numerics) or a dtype
         for the operands of every matmul, e.g. ``jnp.bfloat16`` (mixed precision: products are
         accumulated in, and the cell math, states, outputs and gradients stay in, the parameter
@@ -193,38 +209,63 @@ def recurrent(mode: str, params: Params, x: jax.Array, lengths: Optional[jax.Arr
       ``(output, (h_n, c_n))`` for LSTM, ``(output, h_n)`` otherwise; shapes as in the module docs.
 
     Raises:
-      ValueError / TypeError: bad shapes, dtypes or (concrete) lengths, before any computation.
+      ValueError / TypeError: bad shapes, dtypes, (concrete) lengths or segment ids, before any
+      computation.
     """
     s = infer_structure(mode, params)
     _check_input(s, x)
     unroll = check_size(unroll, "unroll")
     unbatched = x.ndim == 2
+    packed = segment_ids is not None
+    if packed and lengths is not None:
+        raise ValueError("`lengths` and `segment_ids` are mutually exclusive: packed rows take their "
+                         "sequence boundaries from `segment_ids`")
+    if not packed and max_segments is not None:
+        raise ValueError("`max_segments` only applies together with `segment_ids`")
     if unbatched:
         if lengths is not None:
             raise ValueError("`lengths` must be None for unbatched input [T, input_size]")
         x = x[:, None]
+        if packed:
+            if jnp.ndim(segment_ids) != 1:
+                raise ValueError(f"`segment_ids` must have shape [T] for unbatched input [T, "
+                                 f"input_size], got {jnp.shape(segment_ids)}")
+            segment_ids = jnp.asarray(segment_ids)[:, None]
     elif batch_first:
         x = jnp.swapaxes(x, 0, 1)
     T, B = x.shape[0], x.shape[1]
-    host_lengths = None if lengths is None or not is_concrete(lengths) else np.asarray(lengths)
-    lengths = (jnp.full((B,), T, jnp.int32) if lengths is None
-               else check_lengths(lengths, T, B))
-    plan = _schedule(time_chunks, host_lengths, T, B)
+    segments = None
+    if packed:
+        ids, max_segments = check_segment_ids(segment_ids, T, B, max_segments,
+                                              batch_first=batch_first and not unbatched)
+        segments = segment_layout(ids, max_segments)
+        lengths = segments.row_lengths
+        if isinstance(time_chunks, Staircase):
+            raise ValueError("a Staircase schedule does not apply to packed rows (`segment_ids`)")
+        plan = None
+    else:
+        host_lengths = None if lengths is None or not is_concrete(lengths) else np.asarray(lengths)
+        lengths = (jnp.full((B,), T, jnp.int32) if lengths is None
+                   else check_lengths(lengths, T, B))
+        plan = _schedule(time_chunks, host_lengths, T, B)
     if compute_dtype is not None:
         check_floating(compute_dtype, "compute_dtype")
     for name, value in params.items():
         check_floating(value.dtype, f"params[{name!r}]")
     dtype = params["weight_ih_l0"].dtype
     if hx is None:
-        state = [jnp.zeros(shape, dtype) for shape in _state_shapes(s, B)]
+        state = [jnp.zeros(shape, dtype) for shape in _state_shapes(s, B, max_segments)]
     else:
-        state = [h.astype(dtype) for h in _check_state(s, hx, B, unbatched)]
+        state = [h.astype(dtype) for h in _check_state(s, hx, B, unbatched, max_segments)]
     L, D, H_out = s.num_layers, s.num_directions, s.output_size
     drop = [_time_major_mask(m, unbatched, batch_first)
             for m in _per_layer(dropout_masks, L - 1, "dropout_masks")]
     _check_broadcast(drop, (T, B, D * H_out), "dropout_masks", "[T, B, D*H_out], time-major")
     smasks = _per_layer(state_masks, L, "state_masks")
-    _check_broadcast(smasks, (D, B, H_out), "state_masks", "[D, B, H_out]")
+    if packed:
+        _check_broadcast(smasks, (D, B, max_segments, H_out), "state_masks", "[D, B, S, H_out]")
+    else:
+        _check_broadcast(smasks, (D, B, H_out), "state_masks", "[D, B, H_out]")
     wmasks = _per_layer(weight_hh_masks, L, "weight_hh_masks")
     _check_broadcast(wmasks, (D, s.gates * s.hidden_size, H_out), "weight_hh_masks", "[D, G, H_out]")
 
@@ -233,10 +274,14 @@ def recurrent(mode: str, params: Params, x: jax.Array, lengths: Optional[jax.Arr
     finals = []
     for layer in range(L):
         carry0 = tuple(h[layer * D:(layer + 1) * D] for h in state)
-        layer_in, carry = run_layer(mode, params, layer, D, layer_in, lengths, carry0,
-                                    plan=plan, state_mask=smasks[layer],
-                                    weight_hh_mask=wmasks[layer], unroll=unroll,
-                                    compute_dtype=compute_dtype)
+        options = dict(state_mask=smasks[layer], weight_hh_mask=wmasks[layer], unroll=unroll,
+                       compute_dtype=compute_dtype)
+        if packed:
+            layer_in, carry = run_segment_layer(mode, params, layer, D, layer_in, segments, carry0,
+                                                zero_init=hx is None, **options)
+        else:
+            layer_in, carry = run_layer(mode, params, layer, D, layer_in, lengths, carry0,
+                                        plan=plan, **options)
         finals.append(carry)
         if layer < L - 1 and drop[layer] is not None:
             layer_in = layer_in * drop[layer]

@@ -19,6 +19,7 @@ from jaxseq import init as initializers
 from jaxseq.dropout import _key_from, check_rate, keep_mask
 from jaxseq.layout import Structure, describe, param_shapes
 from jaxseq.scan import Staircase
+from jaxseq.segments import infer_max_segments
 from jaxseq.validation import check_floating, check_size
 
 
@@ -98,7 +99,8 @@ class RecurrentBase(nnx.Module):
         return describe(self.structure)
 
     # -- dropout masks -----------------------------------------------------------------------
-    def _draw_masks(self, x: jax.Array, key: jax.Array) -> dict[str, Optional[list]]:
+    def _draw_masks(self, x: jax.Array, key: jax.Array,
+                    max_segments: Optional[int] = None) -> dict[str, Optional[list]]:
         s, dtype = self.structure, getattr(self, "weight_ih_l0").dtype
         D, L, H_out = s.num_directions, s.num_layers, s.output_size
         k_drop, k_state, k_weight = jax.random.split(key, 3)
@@ -110,7 +112,7 @@ class RecurrentBase(nnx.Module):
             masks["dropout_masks"] = [keep_mask(k, self.dropout, out_shape, dtype)
                                       for k in jax.random.split(k_drop, L - 1)]
         if self.recurrent_dropout > 0:
-            shape = (D, B, H_out) if x.ndim == 3 else (D, 1, H_out)
+            shape = (D, B) + (() if max_segments is None else (max_segments,)) + (H_out,)
             masks["state_masks"] = [keep_mask(k, self.recurrent_dropout, shape, dtype)
                                     for k in jax.random.split(k_state, L)]
         if self.weight_drop > 0:
@@ -119,6 +121,7 @@ class RecurrentBase(nnx.Module):
         return masks
 
     def __call__(self, x: jax.Array, lengths: Optional[jax.Array] = None, hx: Any = None, *,
+                 segment_ids: Optional[jax.Array] = None, max_segments: Optional[int] = None,
                  deterministic: Optional[bool] = None,
                  rngs: nnx.Rngs | nnx.RngStream | jax.Array | None = None,
                  dropout_masks: Optional[Sequence[jax.Array]] = None,
@@ -129,6 +132,11 @@ class RecurrentBase(nnx.Module):
 
         Returns ``(output, h_n)`` (GRU/RNN) or ``(output, (h_n, c_n))`` (LSTM), as torch on a
         ``PackedSequence`` after ``pad_packed_sequence(total_length=T)``.
+
+        Packed rows: ``segment_ids`` (in the layout of ``x``'s first two axes) and a static
+        ``max_segments=S`` run several independent sequences per row instead of ``lengths``;
+        ``h_n`` / ``c_n`` and ``hx`` are then per segment, ``[D*L, B, S, ·]`` (see
+        :func:`jaxseq.functional.recurrent`), and recurrent dropout draws one mask per segment.
 
         In training mode (``deterministic=False``) masks are drawn from ``rngs`` (a key, stream or
         ``Rngs``; default: the module's own ``dropout`` stream) for every dropout with a positive rate.
@@ -144,9 +152,13 @@ class RecurrentBase(nnx.Module):
             source = first_from(rngs, self.rngs,
                                 error_msg=f"{self!r} in training mode needs `rngs` to draw dropout masks")
             functional._check_input(self.structure, x)  # before drawing masks from x's shape
-            masks = self._draw_masks(x, _key_from(source))
+            if segment_ids is not None and max_segments is None:
+                max_segments = infer_max_segments(segment_ids)
+            masks = self._draw_masks(x, _key_from(source),
+                                     None if segment_ids is None else max_segments)
         masks.update({k: v for k, v in explicit.items() if v is not None})
         return functional.recurrent(self.mode, self.param_dict(), x, lengths, hx,
+                                    segment_ids=segment_ids, max_segments=max_segments,
                                     batch_first=self.batch_first, unroll=self.unroll,
                                     time_chunks=first_from(time_chunks, self.time_chunks,
                                                            error_msg="time_chunks not set"),

@@ -34,6 +34,7 @@ from jax import lax
 from jaxseq.cells import CELLS, Carry, CellParams, gru_cell
 from jaxseq.layout import param_name
 from jaxseq.masking import reverse_within_length, take_permutation
+from jaxseq.segments import SegmentLayout, per_step, sequence_starts, take_steps
 
 
 def _permute_rows(a: jax.Array, perm: jax.Array, inv: jax.Array, axis: int = 1) -> jax.Array:
@@ -74,35 +75,56 @@ def _contract(a: jax.Array, b: jax.Array, compute_dtype) -> jax.Array:
 
 
 def _scan(cell: Callable, unroll: int, compute_dtype, xs, valid, carry0, w: LayerWeights, p,
-          state_mask, residuals: bool):
+          state_mask, starts, inits, residuals: bool):
+    """Forward loop. Returns ``(carry, (outs, states, pre))``; ``pre`` only with ``residuals``."""
     w_ih_t, w_hh_t = (w.w_ih_t, w.w_hh_t) if compute_dtype is None else (
         w.w_ih_t.astype(compute_dtype), w.w_hh_t.astype(compute_dtype))
+    per_step_mask = _per_step(state_mask)
+    D = len(xs)
 
     def body(carry, inputs):
-        x_t, valid_t = inputs
+        x_t, valid_t, start_t, init_t, mask_t = inputs
+        if start_t is not None:       # a new sequence starts here: its state replaces the carry
+            carry = _reset(carry, start_t, init_t)
+        mask = mask_t if per_step_mask else state_mask
         xp = _matmul(jnp.stack(x_t), w_ih_t, compute_dtype)                  # [D, B, G]
         if w.bias is not None:
             xp = xp + w.bias
-        h_rec = carry[0] if state_mask is None else carry[0] * state_mask
+        h_rec = carry[0] if mask is None else carry[0] * mask
         hw = _matmul(h_rec, w_hh_t, compute_dtype)
         new = cell(xp, hw, carry, p)
         keep = valid_t[:, None]                                               # [B, 1]
         nxt = tuple(jnp.where(keep, n, o) for n, o in zip(new, carry))
         out = jnp.where(keep, new[0], jnp.zeros((), new[0].dtype))
-        outs = tuple(out[d] for d in range(len(x_t)))
+        outs = tuple(out[d] for d in range(D))
         if not residuals:
-            return nxt, outs
+            return nxt, (outs, nxt[1:] if starts is not None else ())
         pre = (xp + hw,) if _summed(cell) else (xp, hw)
-        return nxt, (outs, tuple(a[d] for a in pre for d in range(len(x_t))), carry[1:])
+        return nxt, (outs, nxt[1:], tuple(a[d] for a in pre for d in range(D)))
 
-    return lax.scan(body, carry0, (xs, valid), unroll=unroll)
+    seq_mask = state_mask if per_step_mask else None
+    return lax.scan(body, carry0, (xs, valid, starts, inits, seq_mask), unroll=unroll)
+
+
+def _per_step(state_mask: Optional[jax.Array]) -> bool:
+    """Whether a state mask varies over steps (``[S, D, B, H_out]``) or not (``[D, B, H_out]``)."""
+    return state_mask is not None and state_mask.ndim == 4
+
+
+def _reset(carry: Carry, start: jax.Array, init: Optional[Carry]) -> Carry:
+    """``carry`` with the rows where ``start [D, B]`` holds replaced by ``init`` (zeros if None)."""
+    start = start[..., None]
+    if init is None:
+        return tuple(jnp.where(start, jnp.zeros((), c.dtype), c) for c in carry)
+    return tuple(jnp.where(start, i, c) for c, i in zip(carry, init))
 
 
 @partial(jax.custom_vjp, nondiff_argnums=(0, 1, 2))
 def masked_scan(cell: Callable, unroll: int, compute_dtype: Optional[jnp.dtype],
                 xs: tuple[jax.Array, ...], valid: jax.Array, carry0: Carry, w: LayerWeights,
-                p: CellParams, state_mask: Optional[jax.Array]
-                ) -> tuple[tuple[jax.Array, ...], Carry]:
+                p: CellParams, state_mask: Optional[jax.Array] = None,
+                starts: Optional[jax.Array] = None, inits: Optional[Carry] = None
+                ) -> tuple[tuple[jax.Array, ...], Carry, Carry]:
     """Run ``cell`` over time with a per-step validity mask, all directions at once.
 
     Args:
@@ -117,48 +139,68 @@ def masked_scan(cell: Callable, unroll: int, compute_dtype: Optional[jnp.dtype],
       carry0: initial state, a tuple of ``[D, B, ·]`` arrays (``h`` first).
       w: the layer's projections.
       p: the cell's other parameters.
-      state_mask: ``None`` or ``[D, B, H_out]`` multiplier on ``h_{t-1}`` before ``W_hh``
-        (variational recurrent dropout; the same mask at every step).
+      state_mask: ``None``, ``[D, B, H_out]`` (the same at every step) or ``[S, D, B, H_out]`` (one per
+        step): multiplier on ``h_{t-1}`` before ``W_hh`` (variational recurrent dropout).
+      starts: ``None`` or ``bool [S, D, B]``: a new sequence begins at this step (packed rows). Its
+        state is reset to ``inits`` before the step, so nothing flows across the boundary. Starts
+        lie on valid steps.
+      inits: with ``starts``, the states to reset to, shaped as the carry with a leading ``[S]``
+        axis (read only where ``starts``); ``None`` means zeros.
 
     Returns:
-      ``(outputs, final carry)``: one ``[S, B, H_out]`` output per direction, exactly 0 where
-      ``valid`` is False; a row's carry does not change there.
+      ``(outputs, final carry, states)``: one ``[S, B, H_out]`` output per direction, exactly 0
+      where ``valid`` is False; a row's carry does not change there. ``states`` (only with
+      ``starts``, else ``()``) holds the carry entries after ``h`` (``c`` for LSTM) after every step,
+      ``[S, D, B, H]`` each, from which a packed row's per-sequence final states are read.
 
-    Differentiable in every array argument but ``valid``; the VJP is hand-written (see the
-    module docstring): per step one ``[B, G] x [G, H_out]`` matmul, then every weight gradient and
-    the input gradient as large GEMMs after the loop.
+    Differentiable in every floating argument; the VJP is hand-written (see the module docstring):
+    per step one ``[B, G] x [G, H_out]`` matmul, then every weight gradient and the input gradient
+    as large GEMMs after the loop.
     """
-    carry, outs = _scan(cell, unroll, compute_dtype, xs, valid, carry0, w, p, state_mask,
-                        residuals=False)
-    return outs, carry
+    carry, (outs, states) = _scan(cell, unroll, compute_dtype, xs, valid, carry0, w, p, state_mask,
+                                  starts, inits, residuals=False)
+    return outs, carry, states
 
 
-def _masked_scan_fwd(cell, unroll, compute_dtype, xs, valid, carry0, w, p, state_mask):
-    carry, (outs, pre, rest) = _scan(cell, unroll, compute_dtype, xs, valid, carry0, w, p,
-                                     state_mask, residuals=True)
-    return (outs, carry), (xs, valid, carry0, w, p, state_mask, outs, pre, rest)
+def _masked_scan_fwd(cell, unroll, compute_dtype, xs, valid, carry0, w, p, state_mask, starts,
+                     inits):
+    carry, (outs, states, pre) = _scan(cell, unroll, compute_dtype, xs, valid, carry0, w, p,
+                                       state_mask, starts, inits, residuals=True)
+    res = (xs, valid, carry0, w, p, state_mask, starts, inits, outs, states, pre)
+    return (outs, carry, states if starts is not None else ()), res
 
 
 def _masked_scan_bwd(cell, unroll, compute_dtype, res, cts):
-    xs, valid, carry0, w, p, state_mask, outs, pre, rest = res
-    d_outs, d_carry = cts
-    D, summed = len(xs), _summed(cell)
+    xs, valid, carry0, w, p, state_mask, starts, inits, outs, states, pre = res
+    d_outs, d_carry, d_states = cts
+    D, summed, per_step_mask = len(xs), _summed(cell), _per_step(state_mask)
     w_hh = jnp.swapaxes(w.w_hh_t, 1, 2)
     w_hh = w_hh if compute_dtype is None else w_hh.astype(compute_dtype)
     zero = jnp.zeros((), xs[0].dtype)
     # h_{t-1} of every step: valid steps are a prefix, so it is the previous output (padded steps
-    # have zero gradient and never use it).
-    h_prev = tuple(jnp.concatenate([carry0[0][d][None], outs[d][:-1]]) for d in range(D))
+    # have zero gradient and never use it), or the reset state where a sequence starts.
+    h_prev = [jnp.concatenate([carry0[0][d][None], outs[d][:-1]]) for d in range(D)]
+    if starts is not None:
+        h_prev = [jnp.where(starts[:, d, :, None], zero if inits is None else inits[0][:, d], h)
+                  for d, h in enumerate(h_prev)]
 
     def body(acc, inputs):
         # ``buffers`` holds the saved pre-activations (one [S, B, G] array per direction, two for
         # GRU: xp and hw); step t reads its slice and overwrites it with its gradient, so the
         # gradient sequences need no new (zero-filled, page-faulted) buffers.
         d_carry, d_p, d_mask, buffers = acc
-        t, rest_t, h_prev_t, valid_t, d_out_t = inputs
+        t, h_prev_t, valid_t, d_out_t, start_t, init_t, d_states_t, mask_t = inputs
         pre_t = [jnp.stack([lax.dynamic_index_in_dim(b, t, keepdims=False)
                             for b in buffers[k * D:(k + 1) * D]]) for k in range(len(buffers) // D)]
+        # The other carry entries before step t: the saved state after step t-1 (carry0 at t=0).
+        before = jnp.maximum(t - 1, 0)
+        rest_t = tuple(jnp.where(t == 0, c0, lax.dynamic_index_in_dim(s, before, keepdims=False))
+                       for c0, s in zip(carry0[1:], states))
         prev_t = (jnp.stack(h_prev_t),) + rest_t
+        if start_t is not None:
+            prev_t = (prev_t[0],) + _reset(rest_t, start_t, None if init_t is None else init_t[1:])
+        if d_states_t:
+            d_carry = (d_carry[0],) + tuple(a + b for a, b in zip(d_carry[1:], d_states_t))
         keep = valid_t[:, None]
         d_new = tuple(jnp.where(keep, d, zero) for d in d_carry)
         d_new = (d_new[0] + jnp.where(keep, jnp.stack(d_out_t), zero),) + d_new[1:]
@@ -170,31 +212,50 @@ def _masked_scan_bwd(cell, unroll, compute_dtype, res, cts):
             _, vjp = jax.vjp(cell, *pre_t, prev_t, p)
             d_xp, d_hw, d_prev, d_p_t = vjp(d_new)
         d_h_rec = _matmul(d_hw, w_hh, compute_dtype)                           # [D, B, H_out]
-        if state_mask is not None:
-            d_mask = d_mask + d_h_rec * prev_t[0]
-            d_h_rec = d_h_rec * state_mask
+        d_mask_t = None
+        mask = mask_t if per_step_mask else state_mask
+        if mask is not None:
+            d_mask_t = d_h_rec * prev_t[0]
+            if not per_step_mask:
+                d_mask, d_mask_t = d_mask + d_mask_t, None
+            d_h_rec = d_h_rec * mask
         d_prev = (d_prev[0] + d_h_rec,) + tuple(d_prev[1:])
-        d_carry = tuple(jnp.where(keep, n, o) for n, o in zip(d_prev, d_carry))
+        d_prev = tuple(jnp.where(keep, n, o) for n, o in zip(d_prev, d_carry))
+        d_init_t = None
+        if start_t is not None:   # what reaches a sequence's start goes to its initial state
+            start = start_t[..., None]
+            if inits is not None:
+                d_init_t = tuple(jnp.where(start, d, zero) for d in d_prev)
+            d_prev = tuple(jnp.where(start, zero, d) for d in d_prev)
         d_p = jax.tree.map(jnp.add, d_p, d_p_t)
         grads = [d_xp] if summed else [d_xp, d_hw]
         buffers = tuple(lax.dynamic_update_index_in_dim(b, g[d], t, 0)
                         for b, (g, d) in zip(buffers, [(g, d) for g in grads for d in range(D)]))
-        return (d_carry, d_p, d_mask, buffers), None
+        return (d_prev, d_p, d_mask, buffers), (d_init_t, d_mask_t)
 
+    constant_mask = state_mask is not None and not per_step_mask
     acc0 = (d_carry, jax.tree.map(jnp.zeros_like, p),
-            None if state_mask is None else jnp.zeros_like(state_mask), pre)
+            jnp.zeros_like(state_mask) if constant_mask else None, pre)
     steps = jnp.arange(valid.shape[0])
-    (d_carry0, d_p, d_mask, d_seq), _ = lax.scan(
-        body, acc0, (steps, rest, h_prev, valid, d_outs), reverse=True, unroll=unroll)
+    (d_carry0, d_p, d_mask, d_seq), (d_inits, d_mask_seq) = lax.scan(
+        body, acc0, (steps, h_prev, valid, d_outs, starts, inits, d_states or None,
+                     state_mask if per_step_mask else None), reverse=True, unroll=unroll)
+    if per_step_mask:
+        d_mask = d_mask_seq
     d_xp, d_hw = (d_seq, d_seq) if summed else (d_seq[:D], d_seq[D:])
-    h_rec = h_prev if state_mask is None else tuple(h * state_mask[d] for d, h in enumerate(h_prev))
+    if state_mask is None:
+        h_rec = h_prev
+    elif per_step_mask:
+        h_rec = [h * state_mask[:, d] for d, h in enumerate(h_prev)]
+    else:
+        h_rec = [h * state_mask[d] for d, h in enumerate(h_prev)]
     # Per direction: [S, B, ·] sequences, one GEMM each.
     d_xs = tuple(_matmul(d_xp[d], w.w_ih_t[d].T, compute_dtype) for d in range(D))
     d_w = LayerWeights(
         w_ih_t=jnp.stack([_contract(xs[d], d_xp[d], compute_dtype) for d in range(D)]),
         w_hh_t=jnp.stack([_contract(h_rec[d], d_hw[d], compute_dtype) for d in range(D)]),
         bias=None if w.bias is None else jnp.stack([d_xp[d].sum((0, 1))[None] for d in range(D)]))
-    return d_xs, None, d_carry0, d_w, d_p, d_mask
+    return d_xs, None, d_carry0, d_w, d_p, d_mask, None, d_inits
 
 
 masked_scan.defvjp(_masked_scan_fwd, _masked_scan_bwd)
@@ -290,6 +351,43 @@ def _stack(params: Mapping[str, jax.Array], kind: str, layer: int, num_direction
     return jnp.stack([params[param_name(kind, layer, d)] for d in range(num_directions)])
 
 
+def layer_weights(mode: str, params: Mapping[str, jax.Array], layer: int, num_directions: int,
+                  weight_hh_mask: Optional[jax.Array] = None) -> tuple[LayerWeights, CellParams]:
+    """A layer's torch-named parameters as the scan's :class:`LayerWeights` and :class:`CellParams`.
+
+    ``weight_hh_mask`` (broadcastable to ``[D, G, H_out]``) multiplies ``W_hh`` (weight drop).
+    """
+    D = num_directions
+    w_ih = _stack(params, "weight_ih", layer, D)   # [D, G, I]
+    w_hh = _stack(params, "weight_hh", layer, D)   # [D, G, H_out]
+    if weight_hh_mask is not None:
+        w_hh = w_hh * weight_hh_mask
+    G = w_hh.shape[1]
+    bias = b_hn = None
+    if param_name("bias_ih", layer, 0) in params:
+        bias = _stack(params, "bias_ih", layer, D)
+        b_hh = _stack(params, "bias_hh", layer, D)
+        if mode == "GRU":  # b_hn sits inside r * (W_hn h + b_hn): only b_hr, b_hz fold into xp
+            H = G // 3
+            bias = bias.at[:, :2 * H].add(b_hh[:, :2 * H])
+            b_hn = b_hh[:, None, 2 * H:]
+        else:
+            bias = bias + b_hh
+    w_hr_t = None
+    if param_name("weight_hr", layer, 0) in params:
+        w_hr_t = jnp.swapaxes(_stack(params, "weight_hr", layer, D), 1, 2)
+    w = LayerWeights(w_ih_t=jnp.swapaxes(w_ih, 1, 2), w_hh_t=jnp.swapaxes(w_hh, 1, 2),
+                     bias=None if bias is None else bias[:, None, :])
+    return w, CellParams(b_hn=b_hn, w_hr_t=w_hr_t)
+
+
+def _join_directions(outs: Sequence[jax.Array], lengths: jax.Array) -> jax.Array:
+    """Per-direction outputs in scan order -> ``[T, B, D*H_out]`` in forward time."""
+    if len(outs) == 1:
+        return outs[0]
+    return jnp.concatenate([outs[0], reverse_within_length(outs[1], lengths)], axis=-1)
+
+
 def run_layer(mode: str, params: Mapping[str, jax.Array], layer: int, num_directions: int,
               x: jax.Array, lengths: jax.Array, carry0: Carry, *, plan: Optional[Staircase] = None,
               state_mask: Optional[jax.Array] = None, weight_hh_mask: Optional[jax.Array] = None,
@@ -305,27 +403,8 @@ def run_layer(mode: str, params: Mapping[str, jax.Array], layer: int, num_direct
     """
     T, B = x.shape[0], x.shape[1]
     D = num_directions
-    w_ih = _stack(params, "weight_ih", layer, D)   # [D, G, I]
-    w_hh = _stack(params, "weight_hh", layer, D)   # [D, G, H_out]
-    if weight_hh_mask is not None:
-        w_hh = w_hh * weight_hh_mask
-    G, H_out = w_hh.shape[1], w_hh.shape[2]
-    bias = b_hn = None
-    if param_name("bias_ih", layer, 0) in params:
-        bias = _stack(params, "bias_ih", layer, D)
-        b_hh = _stack(params, "bias_hh", layer, D)
-        if mode == "GRU":  # b_hn sits inside r * (W_hn h + b_hn): only b_hr, b_hz fold into xp
-            H = G // 3
-            bias = bias.at[:, :2 * H].add(b_hh[:, :2 * H])
-            b_hn = b_hh[:, None, 2 * H:]
-        else:
-            bias = bias + b_hh
-    w_hr_t = None
-    if param_name("weight_hr", layer, 0) in params:
-        w_hr_t = jnp.swapaxes(_stack(params, "weight_hr", layer, D), 1, 2)
-    p = CellParams(b_hn=b_hn, w_hr_t=w_hr_t)
-    w = LayerWeights(w_ih_t=jnp.swapaxes(w_ih, 1, 2), w_hh_t=jnp.swapaxes(w_hh, 1, 2),
-                     bias=None if bias is None else bias[:, None, :])
+    w, p = layer_weights(mode, params, layer, D, weight_hh_mask)
+    H_out = w.w_hh_t.shape[1]
     if state_mask is not None:
         state_mask = jnp.broadcast_to(state_mask, (D, B, H_out))
 
@@ -344,19 +423,58 @@ def run_layer(mode: str, params: Mapping[str, jax.Array], layer: int, num_direct
     valid = jnp.arange(T)[:, None] < lengths[None, :]                    # [T, B]
     carry, pieces = carry0, []
     for start, stop, rows in plan.chunks:
-        outs, new = masked_scan(CELLS[mode], unroll, compute_dtype,
-                                tuple(a[start:stop, :rows] for a in xs),
-                                valid[start:stop, :rows], tuple(c[:, :rows] for c in carry), w, p,
-                                None if state_mask is None else state_mask[:, :rows])
+        outs, new, _ = masked_scan(CELLS[mode], unroll, compute_dtype,
+                                   tuple(a[start:stop, :rows] for a in xs),
+                                   valid[start:stop, :rows], tuple(c[:, :rows] for c in carry), w,
+                                   p, None if state_mask is None else state_mask[:, :rows])
         carry = tuple(jnp.concatenate([n, c[:, rows:]], axis=1) for n, c in zip(new, carry))
         pieces.append([jnp.pad(o, ((0, 0), (0, B - rows), (0, 0))) for o in outs])
     stop = plan.chunks[-1][1] if plan.chunks else 0
     tail = [jnp.zeros((T - stop, B, H_out), x.dtype)]
-    outs = [jnp.concatenate([piece[d] for piece in pieces] + tail) for d in range(D)]  # [T, B, H_out]
-    if D == 2:
-        outs[1] = reverse_within_length(outs[1], lengths)
-    out = outs[0] if D == 1 else jnp.concatenate(outs, axis=-1)           # [T, B, D*H_out]
+    out = _join_directions([jnp.concatenate([piece[d] for piece in pieces] + tail)
+                            for d in range(D)], lengths)                  # [T, B, D*H_out]
     if sort_rows:
         out = _permute_rows(out, inv, perm)
         carry = tuple(_permute_rows(c, inv, perm) for c in carry)
     return out, carry
+
+
+def run_segment_layer(mode: str, params: Mapping[str, jax.Array], layer: int, num_directions: int,
+                      x: jax.Array, segments: SegmentLayout, init: Carry, *,
+                      zero_init: bool = False, state_mask: Optional[jax.Array] = None,
+                      weight_hh_mask: Optional[jax.Array] = None, unroll: int = 1,
+                      compute_dtype: Optional[jnp.dtype] = None) -> tuple[jax.Array, Carry]:
+    """One layer over packed rows: ``x [T, B, I] -> (output [T, B, D*H_out], per-segment states)``.
+
+    The same masked scan as :func:`run_layer`, with a state reset at every segment start (in each
+    direction's reading order). ``x`` must be zero at padding. ``init``: per-segment initial states
+    ``[D, B, S, ·]`` (``zero_init=True`` says they are all zero, which skips gathering them). The
+    returned states are ``[D, B, S, ·]``: each segment's state after its own last step (reverse
+    direction: after its first); segment numbers a row does not hold keep ``init``.
+    ``state_mask``: ``None`` or broadcastable to ``[D, B, S, H_out]`` (one mask per segment).
+    """
+    T, B = x.shape[0], x.shape[1]
+    D, S = num_directions, segments.max_segments
+    w, p = layer_weights(mode, params, layer, D, weight_hh_mask)
+    H_out = w.w_hh_t.shape[1]
+    lengths = segments.row_lengths
+    ids = [segments.scan_ids(d) for d in range(D)]                        # [T, B] per direction
+
+    def steps(per_segment: jax.Array) -> jax.Array:                       # [D, B, S, F] -> [T, D, B, F]
+        return jnp.stack([per_step(per_segment[d], ids[d]) for d in range(D)], axis=1)
+
+    xs = (x,) if D == 1 else (x, reverse_within_length(x, lengths))
+    valid = jnp.arange(T)[:, None] < lengths[None, :]
+    starts = jnp.stack([sequence_starts(i) for i in ids], axis=1)         # [T, D, B]
+    inits = None if zero_init else tuple(steps(c) for c in init)
+    if state_mask is not None:
+        state_mask = steps(jnp.broadcast_to(state_mask, (D, B, S, H_out)))
+    carry0 = tuple(jnp.zeros((D, B, c.shape[-1]), x.dtype) for c in init)
+    outs, _, states = masked_scan(CELLS[mode], unroll, compute_dtype, xs, valid, carry0, w, p,
+                                  state_mask, starts, inits)
+    present = (segments.sizes > 0)[None, :, :, None]                      # [1, B, S, 1]
+    last = [segments.last_steps(d) for d in range(D)]
+    finals = [jnp.stack([take_steps(outs[d], last[d]) for d in range(D)])]
+    finals += [jnp.stack([take_steps(s[:, d], last[d]) for d in range(D)]) for s in states]
+    finals = tuple(jnp.where(present, f, i) for f, i in zip(finals, init))
+    return _join_directions(outs, lengths), finals

@@ -84,6 +84,11 @@ def _range_message(name: str, max_len: int) -> str:
     return f"`{name}` must satisfy 0 <= {name}[b] <= T={max_len}, but found {name}[{{}}] = {{}}"
 
 
+def traced_policy() -> str:
+    """The current policy for traced values: ``"checkify"`` inside :func:`checked`, else ``"skip"``."""
+    return _traced_policy.get()
+
+
 def _resolve_policy(traced: Optional[TracedPolicy]) -> str:
     policy = _traced_policy.get() if traced is None else traced
     if policy not in _TRACED_POLICIES:

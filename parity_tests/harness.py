@@ -176,3 +176,142 @@ def run(cfg: Config, dtype: str = "float64", *, concrete_lengths: bool = False,
 def worst(errors: dict[str, float], prefix: Optional[str] = None) -> float:
     """Largest error among quantities (optionally those whose name starts with ``prefix``)."""
     return max(v for k, v in errors.items() if prefix is None or k.startswith(prefix))
+
+
+# ------------------------------------------------------------------------------------------------
+# Packed rows: several sequences per row (``segment_ids``) against torch on each sequence alone
+# ------------------------------------------------------------------------------------------------
+def random_rows(rng: np.random.Generator, batch: int, time: int, max_per_row: int,
+                empty_rows: int = 0) -> list[list[int]]:
+    """Segment lengths of each row: row 0 is one full-length segment, row 1 is full with
+    ``max_per_row`` segments (no trailing padding), row 2 has one short segment, the last
+    ``empty_rows`` rows hold nothing, the others are random (1..max_per_row segments, usually with
+    trailing padding)."""
+    rows = []
+    for b in range(batch):
+        if b >= batch - empty_rows:
+            rows.append([])
+            continue
+        if b == 0:
+            rows.append([time])
+            continue
+        k = max_per_row if b == 1 else 1 if b == 2 else int(rng.integers(1, max_per_row + 1))
+        cuts = np.sort(rng.choice(np.arange(1, time), size=k - 1, replace=False)) if k > 1 else []
+        sizes = np.diff(np.concatenate([[0], cuts, [time]])).astype(int)
+        if b >= 2:  # trailing padding: shorten the last segment (keep it non-empty)
+            sizes[-1] = int(rng.integers(1, sizes[-1] + 1))
+        rows.append(sizes.tolist())
+    return rows
+
+
+def segment_ids_of(rows: list[list[int]], time: int) -> np.ndarray:
+    """``int32 [B, T]`` ids for rows of segment lengths."""
+    ids = np.zeros((len(rows), time), np.int32)
+    for b, sizes in enumerate(rows):
+        ids[b, :sum(sizes)] = np.repeat(np.arange(1, len(sizes) + 1), sizes)
+    return ids
+
+
+def run_rows(cfg: Config, dtype: str = "float64", *, max_per_row: int = 3, **options
+             ) -> dict[str, float]:
+    """Compare packed rows with torch run on every segment as its own sequence.
+
+    jaxseq gets ``[T, B]`` (or ``[B, T]``) rows holding several sequences each (``segment_ids``),
+    NaN at padding, per-segment initial states (with ``cfg.with_hx``) and random cotangents on the
+    outputs and on every per-segment final state. torch gets every segment as one sequence of a
+    packed batch (sequences of a ``PackedSequence`` are independent, so this is each one alone),
+    with the same inputs, initial states and cotangents. ``max_segments`` is one more than the
+    most segments in a row, so every row has a segment number it does not hold; ``cfg.zero_rows``
+    rows hold no segment at all.
+
+    Quantities as :func:`run` (``output``, ``h_n``, ``c_n``, ``grad_x``, ``grad_h0``, ``grad_c0``,
+    ``grad_<param>``) plus ``padding_and_empty_rows_exact``: outputs and input gradients exactly
+    0 at padding, absent segments' states equal to their initial states with identity gradient.
+    """
+    t_dtype, j_dtype = DTYPES[dtype]
+    rng = np.random.default_rng(cfg.seed)
+    torch.manual_seed(cfg.seed)
+    tmod = TORCH_CLASSES[cfg.mode](cfg.input_size, cfg.hidden_size, **cfg.torch_kwargs()).to(t_dtype)
+    params = {k: jnp.asarray(v.detach().numpy(), j_dtype) for k, v in tmod.state_dict().items()}
+    T, B, D, L = cfg.time, cfg.batch, 2 if cfg.bidirectional else 1, cfg.num_layers
+    H_out = cfg.proj_size or cfg.hidden_size
+    rows = random_rows(rng, B, T, max_per_row, cfg.zero_rows)
+    S = max(len(r) for r in rows) + 1
+    ids = segment_ids_of(rows, T)                                   # [B, T]
+    x_bt = rng.standard_normal((B, T, cfg.input_size))
+    x_bt[ids == 0] = np.nan
+    sizes = [(D * L, B, S, H_out)] + ([(D * L, B, S, cfg.hidden_size)] if cfg.mode == "LSTM" else [])
+    hx = [rng.standard_normal(s) for s in sizes] if cfg.with_hx else None
+    cot_out_bt = rng.standard_normal((B, T, D * H_out))
+    cot_states = [rng.standard_normal(s) for s in sizes]
+    layout = (lambda a: a) if cfg.batch_first else (lambda a: np.swapaxes(a, 0, 1))
+    pack = (lambda s: tuple(s)) if cfg.mode == "LSTM" else (lambda s: s[0])
+    unpack = (lambda s: list(s)) if cfg.mode == "LSTM" else (lambda s: [s])
+
+    @jax.jit
+    def forward_and_grads(p, xx, h0, seg):
+        def run_it(p, xi, hi):
+            return functional.recurrent(cfg.mode, p, xi, hx=hi, segment_ids=seg, max_segments=S,
+                                        batch_first=cfg.batch_first, **options)
+        result, vjp = jax.vjp(run_it, p, xx, h0)
+        cots = (jnp.asarray(layout(cot_out_bt), j_dtype),
+                pack([jnp.asarray(c, j_dtype) for c in cot_states]))
+        return result, vjp(cots)
+
+    jhx = None if hx is None else pack([jnp.asarray(h, j_dtype) for h in hx])
+    (j_out, j_state), (g_params, g_x, g_hx) = forward_and_grads(
+        params, jnp.asarray(layout(x_bt), j_dtype), jhx, jnp.asarray(layout(ids)))
+    j_out_bt, g_x_bt = (layout(np.asarray(a)) for a in (j_out, g_x))     # layout is an involution
+    j_states = [np.asarray(s) for s in unpack(j_state)]
+
+    # --- torch: every segment is one sequence of a packed batch (time-major, as torch's default) -
+    spans = [(b, k, int(sum(r[:k])), n) for b, r in enumerate(rows) for k, n in enumerate(r)]
+    N = len(spans)
+    seq_x = np.zeros((T, N, cfg.input_size))
+    seq_cot = np.zeros((T, N, D * H_out))
+    for i, (b, k, start, n) in enumerate(spans):
+        seq_x[:n, i] = x_bt[b, start:start + n]
+        seq_cot[:n, i] = cot_out_bt[b, start:start + n]
+    tmod.batch_first = False
+    tx = torch.tensor(seq_x, dtype=t_dtype, requires_grad=True)
+    per_seq = lambda a: np.stack([a[:, b, k] for b, k, _, _ in spans], axis=1)   # noqa: E731
+    thx = None if hx is None else [torch.tensor(per_seq(h), dtype=t_dtype, requires_grad=True)
+                                   for h in hx]
+    t_out, t_state = run_packed(tmod, tx, [n for *_, n in spans], None if thx is None else pack(thx))
+    t_states = unpack(t_state)
+    total = (t_out * torch.tensor(seq_cot, dtype=t_dtype)).sum()
+    for st, c in zip(t_states, cot_states):
+        total = total + (st * torch.tensor(per_seq(c), dtype=t_dtype)).sum()
+    tmod.zero_grad()
+    total.backward()
+
+    def from_segments(seq: np.ndarray) -> np.ndarray:     # torch [T, N, F] -> rows [B, T, F]
+        rows_out = np.zeros((B, T) + seq.shape[2:])
+        for i, (b, k, start, n) in enumerate(spans):
+            rows_out[b, start:start + n] = seq[:n, i]
+        return rows_out
+
+    errors: dict[str, float] = {}
+    errors["output"] = _rel_err(j_out_bt, from_segments(t_out.detach().numpy()))
+    for name, js, ts in zip(["h_n", "c_n"], j_states, t_states):
+        errors[name] = _rel_err(per_seq(js), ts.detach().numpy())
+    errors["grad_x"] = _rel_err(g_x_bt[ids > 0], from_segments(tx.grad.numpy())[ids > 0])
+    if hx is not None:
+        for name, jg, th in zip(["grad_h0", "grad_c0"], unpack(g_hx), thx):
+            errors[name] = _rel_err(per_seq(np.asarray(jg)), th.grad.numpy())
+    for name, p in tmod.named_parameters():
+        errors[f"grad_{name}"] = _rel_err(g_params[name], p.grad.numpy())
+
+    # --- exact expectations: padding, and segment numbers a row does not hold ------------------
+    problems = int(np.count_nonzero(j_out_bt[ids == 0])) + int(np.count_nonzero(g_x_bt[ids == 0]))
+    problems += int(not np.all(np.isfinite(g_x_bt)))
+    absent = [(b, k) for b, r in enumerate(rows) for k in range(len(r), S)]
+    init = hx if hx is not None else [np.zeros(s) for s in sizes]
+    grads = unpack(g_hx) if hx is not None else [None] * len(sizes)
+    for js, h0, c, g in zip(j_states, init, cot_states, grads):
+        for b, k in absent:
+            problems += int(not np.array_equal(js[:, b, k], h0[:, b, k].astype(js.dtype)))
+            if g is not None:
+                problems += int(not np.allclose(np.asarray(g)[:, b, k], c[:, b, k], rtol=0, atol=1e-6))
+    errors["padding_and_empty_rows_exact"] = float(problems)
+    return errors
