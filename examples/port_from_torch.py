@@ -6,9 +6,9 @@
 1. trains :class:`torch_ref.models.WordClassifier` for a few hundred steps (``torch_word_language``);
 2. saves its ``state_dict`` with ``torch.save`` and reads it back with ``torch.load(weights_only=True)``
    (the safe loader: tensors only, no pickled code);
-3. builds the JAX :class:`examples.word_language.WordClassifier` and copies the weights in with
-   :func:`load_torch_weights`: ``jaxseq.load_torch_state_dict(model.lstm, sd, prefix="lstm.")`` for
-   the LSTM submodule, plain copies for the embedding table and the (transposed) linear layer;
+3. builds the JAX :class:`examples.word_language.WordClassifier`, whose submodules have the torch
+   names, and copies every weight in with ``jaxseq.load_torch_state_dict(model, sd)`` (the LSTM
+   as is, the embedding table, the linear layer transposed);
 4. runs both on the whole test split in evaluation mode and prints the largest absolute difference
    of the logits, the share of identical predictions and both accuracies.
 """
@@ -18,12 +18,10 @@ import argparse
 import dataclasses
 import sys
 from pathlib import Path
-from typing import Any, Mapping, Optional, Sequence
+from typing import Optional, Sequence
 
-import jax.numpy as jnp
 import numpy as np
 import torch
-from flax import nnx
 
 if __package__ in (None, ""):  # `python examples/port_from_torch.py`: make the repo root importable
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
@@ -32,48 +30,6 @@ import jaxseq
 from examples import torch_word_language, word_language
 from examples.training import RUNS_DIR, TrainConfig
 from examples.wordlang_data import IGNORE, build_dataset
-
-
-def load_torch_weights(model: nnx.Module, state_dict: Mapping[str, Any]) -> nnx.Module:
-    """Copy a torch ``state_dict`` into the JAX twin ``model`` (in place) and return ``model``.
-
-    Every direct submodule of ``model`` named like its torch counterpart receives
-    ``{name}.weight`` (``nnx.Embed``: as is; ``nnx.Linear``: transposed, torch keeps ``[out, in]``
-    and Flax ``[in, out]``, plus ``{name}.bias``) or, for a jaxseq LSTM/GRU/RNN, every key under
-    ``{name}.`` through :func:`jaxseq.load_torch_state_dict` with that prefix.
-
-    Raises:
-      ValueError: a missing key, a key that no submodule takes, or a shape mismatch.
-    """
-    # Owned numpy copies: on CPU, arrays made from `tensor.numpy()` can share the tensor's memory,
-    # and a later in-place torch update (optimizer.step()) would then change the JAX parameters too.
-    arrays = {k: np.array(v.detach().cpu().numpy() if hasattr(v, "detach") else v, copy=True)
-              for k, v in state_dict.items()}
-
-    def copy(param: nnx.Param, key: str, transpose: bool = False) -> None:
-        if key not in arrays:
-            raise ValueError(f"state_dict has no {key!r}")
-        value = arrays[key].T if transpose else arrays[key]
-        if value.shape != param.shape:
-            raise ValueError(f"{key}: torch shape {value.shape}, JAX shape {param.shape}")
-        param[...] = jnp.asarray(value, param.dtype)
-
-    used: set[str] = set()
-    for name, child in vars(model).items():
-        prefix = f"{name}."
-        if isinstance(child, jaxseq.RecurrentBase):
-            jaxseq.load_torch_state_dict(child, arrays, prefix=prefix)
-            used.update(k for k in arrays if k.startswith(prefix))
-        elif isinstance(child, nnx.Embed):
-            copy(child.embedding, prefix + "weight")
-            used.add(prefix + "weight")
-        elif isinstance(child, nnx.Linear):
-            copy(child.kernel, prefix + "weight", transpose=True)
-            copy(child.bias, prefix + "bias")
-            used.update((prefix + "weight", prefix + "bias"))
-    if unused := sorted(set(arrays) - used):
-        raise ValueError(f"state_dict keys without a JAX counterpart: {unused}")
-    return model
 
 
 def main(argv: Optional[Sequence[str]] = None) -> float:
@@ -94,7 +50,7 @@ def main(argv: Optional[Sequence[str]] = None) -> float:
     state_dict = torch.load(path, weights_only=True)
     print(f"torch checkpoint {path}: {', '.join(state_dict)}")
 
-    jax_model = load_torch_weights(word_language.build_model(data, config), state_dict)
+    jax_model = jaxseq.load_torch_state_dict(word_language.build_model(data, config), state_dict)
     torch_model.eval()
     jax_model.eval()  # already the default; dropout off on both sides
     max_diff, same, correct_torch, correct_jax, count = 0.0, 0, 0, 0, 0

@@ -234,3 +234,46 @@ def lm_batches(data: WordLangData, split: str, batch_size: int, *, shuffle: bool
         lengths[:len(idx)] = [len(s) for s in inputs]
         padded_inputs = _pad(inputs + [np.array([BOS])] * (rows - len(idx)), rows, time_multiple, PAD)
         yield LMBatch(padded_inputs, lengths, _pad(targets, rows, time_multiple, IGNORE))
+
+
+@dataclasses.dataclass(frozen=True)
+class ReversalBatch:
+    """A word-reversal (seq2seq) batch: ``source [B, S]`` the word, ``source_lengths [B]``,
+    ``target_in [B, T]`` = ``BOS`` + reversed word, ``target_out [B, T]`` = reversed word + ``EOS``
+    (``IGNORE`` at padding and on filler rows). Filler rows have a source of length 1 (``PAD``).
+    """
+
+    source: np.ndarray
+    source_lengths: np.ndarray
+    target_in: np.ndarray
+    target_out: np.ndarray
+
+
+#: Longest word of the data set (20) + EOS: every reversal batch has this target length, and
+#: sources are padded to ``REVERSAL_LENGTH - 1``, so one compilation serves every batch.
+REVERSAL_LENGTH = 21
+
+
+def reversal_batches(data: WordLangData, split: str, batch_size: int, *, shuffle: bool = False,
+                     seed: int = 0, max_words: int | None = None) -> Iterator[ReversalBatch]:
+    """Word-reversal batches over ``split`` (the first ``max_words`` words of it, if given): the
+    model reads a word and must write it backwards. Every batch has ``batch_size`` rows."""
+    part = data.split(split)
+    n = len(part) if max_words is None else min(max_words, len(part))
+    S, T = REVERSAL_LENGTH - 1, REVERSAL_LENGTH
+    for idx in _batch_rows(n, batch_size, shuffle, seed):
+        words = [data.encode(part.words[i]) for i in idx]
+        if max(len(w) for w in words) > S:
+            raise ValueError(f"a word is longer than {S} characters")
+        source = np.full((batch_size, S), PAD, np.int32)
+        lengths = np.ones(batch_size, np.int32)
+        target_in = np.full((batch_size, T), PAD, np.int32)
+        target_out = np.full((batch_size, T), IGNORE, np.int32)
+        target_in[:, 0] = BOS
+        for b, w in enumerate(words):
+            source[b, :len(w)] = w
+            lengths[b] = len(w)
+            target_in[b, 1:len(w) + 1] = w[::-1]
+            target_out[b, :len(w)] = w[::-1]
+            target_out[b, len(w)] = EOS
+        yield ReversalBatch(source, lengths, target_in, target_out)

@@ -2,9 +2,14 @@
 
 Public API (the README has the torch -> jaxseq map):
 
-* layers: :class:`LSTM`, :class:`GRU`, :class:`RNN` (twins of ``torch.nn``); the pure math is in
-  :mod:`jaxseq.functional`, initialisers in :mod:`jaxseq.init`;
-* torch interop: :func:`load_torch_state_dict`, :func:`torch_state_dict`;
+* layers: :class:`LSTM`, :class:`GRU`, :class:`RNN` and single-step cells :class:`LSTMCell`,
+  :class:`GRUCell`, :class:`RNNCell` (twins of ``torch.nn``); the pure math is in
+  :mod:`jaxseq.functional` (over :mod:`jaxseq.scan` and the gate equations in :mod:`jaxseq.gates`),
+  initialisers in :mod:`jaxseq.init`;
+* decoding: :func:`dot_attention`, :func:`attention_weights`, :func:`teacher_forcing`,
+  :func:`greedy_decode`, :func:`beam_search`, :func:`reorder_state` (:mod:`jaxseq.decoding`);
+* torch interop (a layer, a cell or a whole model): :func:`load_torch_state_dict`,
+  :func:`torch_state_dict`;
 * sequences (twins of ``torch.nn.utils.rnn``): :func:`pad_sequence`, :func:`unpad_sequence`,
   :func:`length_mask`, :func:`reverse_padded`, :func:`last_valid`, masked pooling;
 * losses: :func:`masked_cross_entropy`, :func:`masked_mse`, :func:`masked_l1`;
@@ -16,7 +21,10 @@ Public API (the README has the torch -> jaxseq map):
 * host-side data: :mod:`jaxseq.data` (:func:`bucket_by_length`, :func:`pack_rows`);
 * validation: :func:`check_lengths`, :func:`checked` (length checks under ``jit``).
 """
-from jaxseq import data, functional, init, layout, segments
+from jaxseq import data, decoding, functional, init, layout, segments
+from jaxseq.cells import GRUCell, LSTMCell, RNNCell
+from jaxseq.decoding import (attention_weights, beam_search, dot_attention, greedy_decode,
+                             reorder_state, teacher_forcing)
 from jaxseq.data import bucket_by_length, pack_rows
 from jaxseq.dropout import EmbeddingDropout, LockedDropout, embedding_dropout, keep_mask
 from jaxseq.interop import load_torch_state_dict, torch_state_dict
@@ -32,7 +40,10 @@ from jaxseq.validation import check_lengths, checked
 __version__ = "0.1.0"
 
 __all__ = [
-    "LSTM", "GRU", "RNN", "RecurrentBase", "functional", "init", "layout", "data", "segments",
+    "LSTM", "GRU", "RNN", "RecurrentBase", "LSTMCell", "GRUCell", "RNNCell",
+    "functional", "init", "layout", "data", "segments", "decoding",
+    "attention_weights", "dot_attention", "teacher_forcing", "greedy_decode", "beam_search",
+    "reorder_state",
     "bucket_by_length", "pack_rows",
     "segment_last", "segment_sum", "segment_mean", "segment_max", "segment_lengths",
     "segment_broadcast",

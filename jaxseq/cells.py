@@ -1,70 +1,115 @@
-"""The element-wise part of one time step of torch's LSTM, GRU and Elman RNN cells.
+"""Flax NNX twins of ``torch.nn.LSTMCell``, ``torch.nn.GRUCell`` and ``torch.nn.RNNCell``.
 
-The recurrent matmul ``h_{t-1} @ W_hh.T`` is done by the scan (:mod:`jaxseq.scan`), which also
-hoists its weight gradient out of the time loop; a cell only combines the two projections. Every
-cell has the signature ``cell(xp, hw, carry, p) -> carry`` where, batched over directions ``D``,
+One time step, for the loops torch users write by hand (attention decoders, beam search, custom
+recurrences). Thin modules over :func:`jaxseq.functional.cell_step`, which shares the gate
+equations (:mod:`jaxseq.gates`) and the bias folding of the layers, so a cell and a one-layer,
+one-step :class:`jaxseq.LSTM` with the same weights compute the same function.
 
-* ``xp``: ``[D, B, G]`` the input projection of this step, ``x_t @ W_ih.T + b_ih`` plus the part of
-  ``b_hh`` that torch adds outside any gate product (all of it for LSTM/RNN, ``b_hr, b_hz`` for GRU);
-* ``hw``: ``[D, B, G]`` the recurrent projection ``h_rec @ W_hh.T`` (no bias), where ``h_rec`` is the
-  previous hidden state after recurrent-state dropout, if any;
-* ``carry``: the previous state, ``(h,)`` or ``(h, c)`` with ``h [D, B, H_out]``, ``c [D, B, H]``;
-* ``p``: :class:`CellParams`, the other parameters used inside the step.
-
-The first element of the returned carry is the step's output ``h_t``.
+Parameters have torch's names and shapes: ``weight_ih [G, I]``, ``weight_hh [G, H]``,
+``bias_ih [G]``, ``bias_hh [G]`` (``G`` = 4H, 3H, H), so ``jaxseq.load_torch_state_dict`` /
+``jaxseq.torch_state_dict`` exchange them with a torch cell's ``state_dict`` unchanged.
 """
 from __future__ import annotations
 
-from typing import Callable, NamedTuple, Optional
+from typing import Any, Optional
 
 import jax
 import jax.numpy as jnp
+from flax import nnx
 
-Carry = tuple
-
-
-class CellParams(NamedTuple):
-    """Parameters a cell uses besides the two projections, stacked over directions ``D``."""
-
-    b_hn: Optional[jax.Array] = None    # [D, 1, H]  GRU only: b_hh's "new" block, inside r * (...)
-    w_hr_t: Optional[jax.Array] = None  # [D, H, P]  LSTM projection only
+from jaxseq import functional
+from jaxseq import init as initializers
+from jaxseq.layout import Structure, cell_param_shapes
+from jaxseq.validation import check_floating, check_size
 
 
-def lstm_cell(xp: jax.Array, hw: jax.Array, carry: Carry, p: CellParams) -> Carry:
-    """torch LSTM: gates ``i, f, g, o``; ``c' = σ(f) c + σ(i) tanh(g)``, ``h' = σ(o) tanh(c')``,
-    then ``h' = h' @ W_hr.T`` with a projection."""
-    _, c = carry
-    i, f, g, o = jnp.split(xp + hw, 4, axis=-1)
-    c = jax.nn.sigmoid(f) * c + jax.nn.sigmoid(i) * jnp.tanh(g)
-    h = jax.nn.sigmoid(o) * jnp.tanh(c)
-    if p.w_hr_t is not None:
-        h = jnp.matmul(h, p.w_hr_t)
-    return h, c
+class CellBase(nnx.Module):
+    """Shared implementation of :class:`LSTMCell`, :class:`GRUCell` and :class:`RNNCell`.
+
+    Extra keyword arguments (beyond torch's):
+      param_dtype: dtype of the parameters, which is also the compute dtype (default float32).
+      init: a name in :data:`jaxseq.init.INITIALIZERS` (``"torch_default"``, the default: every
+        parameter ``U(-1/sqrt(H), 1/sqrt(H))`` as torch; or ``"recommended"``) or a callable with
+        the signature of :func:`jaxseq.init.torch_default`.
+    """
+
+    def __init__(self, mode: str, input_size: int, hidden_size: int, bias: bool = True, *,
+                 rngs: nnx.Rngs, param_dtype: Any = jnp.float32,
+                 init: str | initializers.Initializer = "torch_default"):
+        input_size = check_size(input_size, "input_size")
+        hidden_size = check_size(hidden_size, "hidden_size")
+        check_floating(param_dtype, "param_dtype")
+        self.mode = mode
+        self.input_size, self.hidden_size, self.bias = input_size, hidden_size, bool(bias)
+        structure = Structure(mode, input_size, hidden_size, 1, self.bias, False, 0)
+        values = initializers.initialize(init, rngs.params(), structure, param_dtype)
+        for name in cell_param_shapes(mode, input_size, hidden_size, self.bias):
+            setattr(self, name, nnx.Param(values[f"{name}_l0"]))
+
+    def param_shapes(self) -> dict[str, tuple[int, ...]]:
+        """Torch parameter names and shapes of this cell, in ``state_dict`` order."""
+        return cell_param_shapes(self.mode, self.input_size, self.hidden_size, self.bias)
+
+    def param_dict(self) -> dict[str, jax.Array]:
+        """``{torch name: current value}`` (the ``params`` of :func:`jaxseq.functional.cell_step`)."""
+        return {name: getattr(self, name)[...] for name in self.param_shapes()}
+
+    def __call__(self, x: jax.Array, hx: Any = None) -> Any:
+        """One step: ``x [B, I]`` (or unbatched ``[I]``), ``hx`` as torch; see the subclasses."""
+        return functional.cell_step(self.mode, self.param_dict(), x, hx)
+
+    def __repr__(self) -> str:
+        cls = {"LSTM": "LSTMCell", "GRU": "GRUCell"}.get(self.mode, "RNNCell")
+        extra = [] if self.bias else ["bias=False"]
+        extra += ["nonlinearity='relu'"] if self.mode == "RNN_RELU" else []
+        return f"{cls}({', '.join([str(self.input_size), str(self.hidden_size)] + extra)})"
 
 
-def gru_cell(xp: jax.Array, hw: jax.Array, carry: Carry, p: CellParams) -> Carry:
-    """torch GRU: ``r, z = σ(...)``, ``n = tanh(W_in x + b_in + r ⊙ (W_hn h + b_hn))``,
-    ``h' = (1 - z) ⊙ n + z ⊙ h``."""
-    (h,) = carry
-    x_r, x_z, x_n = jnp.split(xp, 3, axis=-1)
-    h_r, h_z, h_n = jnp.split(hw, 3, axis=-1)
-    if p.b_hn is not None:
-        h_n = h_n + p.b_hn
-    r = jax.nn.sigmoid(x_r + h_r)
-    z = jax.nn.sigmoid(x_z + h_z)
-    n = jnp.tanh(x_n + r * h_n)
-    return ((1 - z) * n + z * h,)
+class LSTMCell(CellBase):
+    """Twin of ``torch.nn.LSTMCell``: ``h_1, c_1 = cell(x, hx=None)``.
+
+    ``x [B, I]`` or unbatched ``[I]``; ``hx = (h_0, c_0)``, each ``[B, H]`` (``[H]``), zeros when
+    ``None``; gates ``i, f, g, o`` as torch.
+
+    >>> cell = LSTMCell(3, 4, rngs=nnx.Rngs(0))
+    >>> h, c = cell(jnp.ones((2, 3)))
+    >>> h.shape, c.shape, cell.weight_ih.shape
+    ((2, 4), (2, 4), (16, 3))
+    """
+
+    def __init__(self, input_size: int, hidden_size: int, bias: bool = True, *, rngs: nnx.Rngs,
+                 **extras: Any):
+        super().__init__("LSTM", input_size, hidden_size, bias, rngs=rngs, **extras)
 
 
-def _elman_cell(activation: Callable[[jax.Array], jax.Array]):
-    def cell(xp: jax.Array, hw: jax.Array, carry: Carry, p: CellParams) -> Carry:
-        return (activation(xp + hw),)
-    cell.__doc__ = f"torch Elman RNN: ``h' = {activation.__name__}(W_ih x + b_ih + W_hh h + b_hh)``."
-    return cell
+class GRUCell(CellBase):
+    """Twin of ``torch.nn.GRUCell`` (gates ``r, z, n``, ``b_hn`` inside ``r * (W_hn h + b_hn)``):
+    ``h_1 = cell(x, hx=None)`` with ``x [B, I]`` (or ``[I]``), ``hx [B, H]`` (or ``[H]``).
+
+    >>> GRUCell(3, 4, rngs=nnx.Rngs(0))(jnp.ones(3)).shape     # unbatched
+    (4,)
+    """
+
+    def __init__(self, input_size: int, hidden_size: int, bias: bool = True, *, rngs: nnx.Rngs,
+                 **extras: Any):
+        super().__init__("GRU", input_size, hidden_size, bias, rngs=rngs, **extras)
 
 
-rnn_tanh_cell = _elman_cell(jnp.tanh)
-rnn_relu_cell = _elman_cell(jax.nn.relu)
+class RNNCell(CellBase):
+    """Twin of ``torch.nn.RNNCell`` (Elman, ``nonlinearity`` ``"tanh"`` or ``"relu"``):
+    ``h_1 = cell(x, hx=None)``.
 
-#: torch ``mode`` -> cell function.
-CELLS = {"LSTM": lstm_cell, "GRU": gru_cell, "RNN_TANH": rnn_tanh_cell, "RNN_RELU": rnn_relu_cell}
+    >>> RNNCell(3, 4, nonlinearity="relu", rngs=nnx.Rngs(0))
+    RNNCell(3, 4, nonlinearity='relu')
+    """
+
+    def __init__(self, input_size: int, hidden_size: int, bias: bool = True,
+                 nonlinearity: str = "tanh", *, rngs: nnx.Rngs, **extras: Any):
+        modes = {"tanh": "RNN_TANH", "relu": "RNN_RELU"}
+        if nonlinearity not in modes:
+            raise ValueError(f"Unknown nonlinearity '{nonlinearity}'. Select from 'tanh' or 'relu'.")
+        super().__init__(modes[nonlinearity], input_size, hidden_size, bias, rngs=rngs, **extras)
+
+    @property
+    def nonlinearity(self) -> str:
+        return "relu" if self.mode == "RNN_RELU" else "tanh"

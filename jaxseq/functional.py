@@ -35,8 +35,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxseq.layout import Structure, infer_structure
-from jaxseq.scan import Staircase, run_layer, run_segment_layer, staircase
+from jaxseq.gates import CELLS
+from jaxseq.layout import Structure, infer_cell, infer_structure
+from jaxseq.scan import Staircase, layer_weights, run_layer, run_segment_layer, staircase
 from jaxseq.segments import check_segment_ids, segment_layout
 from jaxseq.validation import check_floating, check_lengths, check_size, is_concrete
 
@@ -302,3 +303,81 @@ rnn_tanh = partial(recurrent, "RNN_TANH")
 rnn_tanh.__doc__ = "``recurrent('RNN_TANH', ...)``: returns ``(output, h_n)``."
 rnn_relu = partial(recurrent, "RNN_RELU")
 rnn_relu.__doc__ = "``recurrent('RNN_RELU', ...)``: returns ``(output, h_n)``."
+
+
+# --------------------------------------------------------------------------------------------
+# One time step: twins of torch.nn.LSTMCell / GRUCell / RNNCell
+# --------------------------------------------------------------------------------------------
+def cell_step(mode: str, params: Params, x: jax.Array, hx: Any = None) -> Any:
+    """One step of torch's ``nn.LSTMCell`` / ``nn.GRUCell`` / ``nn.RNNCell``: ``(x, hx) -> state``.
+
+    The same gate equations and bias folding as the layers (:mod:`jaxseq.gates`,
+    :func:`jaxseq.scan.layer_weights`); differentiable in every argument (plain autodiff, so
+    forward mode and higher orders work), jit-able, usable inside ``lax.scan``.
+
+    Args:
+      mode: ``"LSTM"``, ``"GRU"``, ``"RNN_TANH"`` or ``"RNN_RELU"``.
+      params: torch cell names ``weight_ih [G, I]``, ``weight_hh [G, H]`` and (unless
+        ``bias=False``) ``bias_ih [G]``, ``bias_hh [G]``; their dtype is the compute dtype.
+      x: ``[B, I]``, or unbatched ``[I]``.
+      hx: LSTM ``(h_0, c_0)``, each ``[B, H]`` (``[H]``); GRU/RNN ``h_0``; zeros when ``None``.
+
+    Returns:
+      LSTM ``(h_1, c_1)``, GRU/RNN ``h_1``, in the layout of ``x``.
+
+    Raises:
+      ValueError / TypeError: bad shapes, dtypes or parameter names, before any computation.
+
+    >>> import jax, jax.numpy as jnp
+    >>> from jaxseq import functional as F, init
+    >>> p = {k[:-3]: v for k, v in init.torch_default(jax.random.key(0), "GRU", 3, 4).items()}
+    >>> F.cell_step("GRU", p, jnp.ones((2, 3))).shape
+    (2, 4)
+    """
+    input_size, hidden_size, _ = infer_cell(mode, params)
+    if not hasattr(x, "ndim") or x.ndim not in (1, 2):
+        raise ValueError(f"Expected input of shape [B, input_size] (or unbatched [input_size]), "
+                         f"got {getattr(x, 'shape', type(x).__name__)}")
+    if x.shape[-1] != input_size:
+        raise ValueError(f"input.size(-1) must be equal to input_size. Expected {input_size}, "
+                         f"got {x.shape[-1]}")
+    check_floating(x.dtype, "input")
+    for name, value in params.items():
+        check_floating(value.dtype, f"params[{name!r}]")
+    unbatched = x.ndim == 1
+    batch = 1 if unbatched else x.shape[0]
+    dtype = params["weight_ih"].dtype
+    lstm = mode == "LSTM"
+    want = (hidden_size,) if unbatched else (batch, hidden_size)
+    if hx is None:
+        state = [jnp.zeros(want, dtype)] * (2 if lstm else 1)
+    else:
+        if lstm and (not isinstance(hx, (tuple, list)) or len(hx) != 2):
+            raise TypeError(f"LSTMCell expects hx=(h_0, c_0), got {_describe(hx)}")
+        if not lstm and isinstance(hx, (tuple, list)):
+            raise TypeError(f"{mode} cell expects hx=h_0 (a single array), got {_describe(hx)}")
+        state = list(hx) if lstm else [hx]
+        for name, part in zip(["h_0", "c_0"], state):
+            if tuple(getattr(part, "shape", ())) != want:
+                raise ValueError(f"Expected hidden size {want} for {name}, got "
+                                 f"{tuple(getattr(part, 'shape', ()))}")
+            check_floating(part.dtype, name)
+    w, p = layer_weights(mode, {f"{k}_l0": v for k, v in params.items()}, 0, 1)
+    rows = (lambda a: a.astype(dtype)[None, None]) if unbatched else (lambda a: a.astype(dtype)[None])
+    carry = tuple(rows(s) for s in state)                                   # [1, B, H]
+    xp = jnp.matmul(rows(x), w.w_ih_t)                                      # [1, B, G]
+    if w.bias is not None:
+        xp = xp + w.bias
+    new = CELLS[mode](xp, jnp.matmul(carry[0], w.w_hh_t), carry, p)
+    new = tuple(n[0, 0] if unbatched else n[0] for n in new)
+    return new if lstm else new[0]
+
+
+lstm_cell = partial(cell_step, "LSTM")
+lstm_cell.__doc__ = "``cell_step('LSTM', ...)``: returns ``(h_1, c_1)``."
+gru_cell = partial(cell_step, "GRU")
+gru_cell.__doc__ = "``cell_step('GRU', ...)``: returns ``h_1``."
+rnn_tanh_cell = partial(cell_step, "RNN_TANH")
+rnn_tanh_cell.__doc__ = "``cell_step('RNN_TANH', ...)``: returns ``h_1``."
+rnn_relu_cell = partial(cell_step, "RNN_RELU")
+rnn_relu_cell.__doc__ = "``cell_step('RNN_RELU', ...)``: returns ``h_1``."

@@ -137,5 +137,5 @@ def initialize(init: Union[str, Initializer], key: jax.Array, structure: Structu
     params = init(key, s.mode, s.input_size, s.hidden_size, s.num_layers, s.bias, s.bidirectional,
                   s.proj_size, dtype)
     check_param_shapes(s, {k: tuple(jnp.shape(v)) for k, v in params.items()},
-                       what=f"parameters from init={getattr(init, '__name__', init)!r}")
+                       what=f"the result of init={getattr(init, '__name__', init)!r}")
     return {k: jnp.asarray(v, dtype) for k, v in params.items()}

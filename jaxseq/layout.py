@@ -101,9 +101,19 @@ def infer_structure(mode: str, params: Mapping[str, object]) -> Structure:
     return s
 
 
-def check_param_shapes(s: Structure, shapes: Mapping[str, tuple[int, ...]], what: str = "parameters") -> None:
+def check_param_shapes(s: Structure, shapes: Mapping[str, tuple[int, ...]],
+                       what: str = "the params dict") -> None:
     """Raise ``ValueError`` naming every unknown, missing or mis-shaped key (with both shapes)."""
-    expected = param_shapes(s)
+    check_shapes(param_shapes(s), shapes, what, describe(s))
+
+
+def check_shapes(expected: Mapping[str, tuple[int, ...]], shapes: Mapping[str, tuple[int, ...]],
+                 what: str, described: str) -> None:
+    """Raise ``ValueError`` naming every unknown, missing or mis-shaped key (with both shapes).
+
+    ``what`` (a singular noun: ``"state_dict"``) and ``described`` (``"LSTM(3, 4)"``) make the
+    message: ``state_dict does not match LSTM(3, 4): missing keys ...``.
+    """
     problems = []
     missing = [k for k in expected if k not in shapes]
     unknown = [k for k in shapes if k not in expected]
@@ -117,7 +127,7 @@ def check_param_shapes(s: Structure, shapes: Mapping[str, tuple[int, ...]], what
         if k in shapes and tuple(shapes[k]) != want:
             problems.append(f"{k!r}: expected shape {want}, got {tuple(shapes[k])}")
     if problems:
-        raise ValueError(f"{what} do not match {describe(s)}: " + "; ".join(problems))
+        raise ValueError(f"{what} does not match {described}: " + "; ".join(problems))
 
 
 def describe(s: Structure) -> str:
@@ -133,3 +143,43 @@ def describe(s: Structure) -> str:
     if s.mode == "RNN_RELU":
         extra.append("nonlinearity='relu'")
     return f"{cls}({', '.join([str(s.input_size), str(s.hidden_size)] + extra)})"
+
+
+#: torch's parameter names of a single-step cell (``nn.LSTMCell`` / ``GRUCell`` / ``RNNCell``).
+CELL_NAMES = ("weight_ih", "weight_hh", "bias_ih", "bias_hh")
+CELL_MODES = {"LSTM": "LSTMCell", "GRU": "GRUCell", "RNN_TANH": "RNNCell", "RNN_RELU": "RNNCell"}
+
+
+def cell_param_shapes(mode: str, input_size: int, hidden_size: int, bias: bool = True
+                      ) -> dict[str, tuple[int, ...]]:
+    """Names and shapes of a torch cell's parameters, in ``state_dict`` order.
+
+    >>> cell_param_shapes("GRU", 3, 4)
+    {'weight_ih': (12, 3), 'weight_hh': (12, 4), 'bias_ih': (12,), 'bias_hh': (12,)}
+    """
+    g = GATES[mode] * hidden_size
+    shapes = {"weight_ih": (g, input_size), "weight_hh": (g, hidden_size)}
+    if bias:
+        shapes.update(bias_ih=(g,), bias_hh=(g,))
+    return shapes
+
+
+def infer_cell(mode: str, params: Mapping[str, object]) -> tuple[int, int, bool]:
+    """``(input_size, hidden_size, bias)`` of a torch-named cell parameter dict; checks it.
+
+    Raises:
+      ValueError: unknown mode, unknown / missing keys, or inconsistent shapes.
+    """
+    if mode not in GATES:
+        raise ValueError(f"Unknown mode {mode!r}; expected one of {sorted(GATES)}")
+    if "weight_ih" not in params or "weight_hh" not in params:
+        raise ValueError(f"cell parameters must contain 'weight_ih' and 'weight_hh' (torch "
+                         f"{CELL_MODES[mode]} names {list(CELL_NAMES)}), got {sorted(params)}")
+    rows, input_size = params["weight_ih"].shape  # type: ignore[attr-defined]
+    hidden = rows // GATES[mode]
+    bias = "bias_ih" in params or "bias_hh" in params
+    expected = cell_param_shapes(mode, input_size, hidden, bias)
+    described = f"{CELL_MODES[mode]}({input_size}, {hidden}{'' if bias else ', bias=False'})"
+    check_shapes(expected, {k: tuple(v.shape) for k, v in params.items()},  # type: ignore[attr-defined]
+                 "the params dict", described)
+    return input_size, hidden, bias

@@ -24,9 +24,9 @@ from jaxseq.validation import is_concrete
 _REDUCTIONS = ("mean", "sum", "none")
 
 
-def _check_reduction(reduction: str) -> None:
-    if reduction not in _REDUCTIONS:
-        raise ValueError(f"`reduction` must be one of {_REDUCTIONS}, got {reduction!r}")
+def _check_reduction(reduction: str, extra: tuple[str, ...] = ()) -> None:
+    if reduction not in _REDUCTIONS + extra:
+        raise ValueError(f"`reduction` must be one of {_REDUCTIONS + extra}, got {reduction!r}")
 
 
 def _broadcast_mask(mask: jax.Array | None, shape: tuple[int, ...], what: str) -> jax.Array:
@@ -60,8 +60,8 @@ def _reduce(per_item: jax.Array, denominator: jax.Array, reduction: str) -> jax.
 
 def masked_cross_entropy(logits: jax.Array, targets: jax.Array, mask: jax.Array | None = None, *,
                          ignore_index: int = -100, reduction: str = "mean",
-                         label_smoothing: float = 0.0,
-                         weight: jax.Array | None = None) -> jax.Array:
+                         label_smoothing: float = 0.0, weight: jax.Array | None = None,
+                         segment_ids: jax.Array | None = None) -> jax.Array:
     """Cross entropy from unnormalised ``logits`` and integer ``targets``, as torch computes it.
 
     Equals ``torch.nn.functional.cross_entropy(moveaxis(logits, -1, 1), targets', weight=weight,
@@ -82,13 +82,19 @@ def masked_cross_entropy(logits: jax.Array, targets: jax.Array, mask: jax.Array 
       mask: optional bool array broadcastable to ``targets.shape`` (e.g. ``length_mask(lengths, T)``
         for batch-first ``[B, T]``); False positions behave exactly like ``ignore_index``.
       ignore_index: target value that contributes nothing (default ``-100``); may be a class index.
-      reduction: ``"mean"`` (default), ``"sum"`` or ``"none"``.
+      reduction: ``"mean"`` (default), ``"sum"``, ``"none"``, or ``"sequence_mean"``: the mean over
+        each sequence's contributing positions (weighted as ``"mean"``), then the mean over the
+        sequences that have any (allennlp's ``average="batch"``). Sequences are the entries of the
+        first axis of ``targets`` (batch-first ``[B, T]``), or with ``segment_ids`` the segments of
+        packed rows.
       label_smoothing: ``eps`` in ``[0, 1]`` (default ``0.0``), a Python float.
       weight: optional float ``[C]`` class weights.
+      segment_ids: only with ``"sequence_mean"``: integer, the shape of ``targets`` (``[B, T]`` of
+        packed rows, :mod:`jaxseq.segments`); positions with id 0 contribute nothing.
 
     Returns:
-      Scalar for ``"mean"`` / ``"sum"``; ``[...]`` for ``"none"`` (``0`` at non-contributing
-      positions). ``"mean"`` with nothing contributing gives ``0`` (torch: NaN).
+      Scalar for ``"mean"`` / ``"sum"`` / ``"sequence_mean"``; ``[...]`` for ``"none"`` (``0`` at
+      non-contributing positions). ``"mean"`` with nothing contributing gives ``0`` (torch: NaN).
 
     Raises:
       ValueError: bad ``reduction`` or ``label_smoothing``; ``targets`` shape is not
@@ -103,8 +109,12 @@ def masked_cross_entropy(logits: jax.Array, targets: jax.Array, mask: jax.Array 
     >>> round(float(masked_cross_entropy(logits, targets, mask)), 6)   # log(2)
     0.693147
     """
-    _check_reduction(reduction)
+    _check_reduction(reduction, ("sequence_mean",))
     logits, targets = jnp.asarray(logits), jnp.asarray(targets)
+    if segment_ids is not None and reduction != "sequence_mean":
+        raise ValueError("`segment_ids` only applies with reduction='sequence_mean'")
+    if reduction == "sequence_mean" and targets.ndim < 1:
+        raise ValueError("reduction='sequence_mean' needs targets with a sequence axis [B, ...]")
     if logits.ndim < 1:
         raise ValueError("`logits` must have a class axis [..., C], got a 0-d array")
     if not jnp.issubdtype(targets.dtype, jnp.integer):
@@ -123,6 +133,12 @@ def masked_cross_entropy(logits: jax.Array, targets: jax.Array, mask: jax.Array 
             raise ValueError(f"`weight` must have shape [C]=({num_classes},) for `logits` of shape "
                              f"{tuple(logits.shape)}, got shape {tuple(weight.shape)}")
     contributes = (targets != ignore_index) & _broadcast_mask(mask, targets.shape, "targets")
+    if segment_ids is not None:
+        segment_ids = jnp.asarray(segment_ids)
+        if segment_ids.shape != targets.shape or not jnp.issubdtype(segment_ids.dtype, jnp.integer):
+            raise ValueError(f"`segment_ids` must be an integer array of the targets' shape "
+                             f"{tuple(targets.shape)}, got {segment_ids.dtype} {segment_ids.shape}")
+        contributes = contributes & (segment_ids > 0)
     if is_concrete(targets) and is_concrete(contributes):
         bad = np.asarray(contributes) & ((np.asarray(targets) < 0)
                                          | (np.asarray(targets) >= num_classes))
@@ -147,7 +163,30 @@ def masked_cross_entropy(logits: jax.Array, targets: jax.Array, mask: jax.Array 
                         + (label_smoothing / num_classes) * smooth)
     zero = jnp.zeros((), per_position.dtype)
     per_position = jnp.where(contributes, per_position, zero)
-    return _reduce(per_position, jnp.sum(jnp.where(contributes, target_weight, zero)), reduction)
+    target_weight = jnp.where(contributes, target_weight, zero)
+    if reduction == "sequence_mean":
+        return _sequence_mean(per_position, target_weight, segment_ids)
+    return _reduce(per_position, jnp.sum(target_weight), reduction)
+
+
+def _sequence_mean(per_position: jax.Array, weights: jax.Array,
+                   segment_ids: jax.Array | None) -> jax.Array:
+    """Mean over sequences (with a nonzero weight) of ``sum(loss) / sum(weight)`` per sequence."""
+    if segment_ids is None:
+        axes = tuple(range(1, per_position.ndim))
+        totals, counts = jnp.sum(per_position, axes), jnp.sum(weights, axes)
+    else:   # one bucket per (row, segment); ids are < T, so row * T + id - 1 is unique
+        row_length = segment_ids.shape[-1] if segment_ids.ndim else 1
+        rows = jnp.arange(segment_ids.size) // row_length
+        bucket = jnp.where(segment_ids.reshape(-1) > 0,
+                           rows * row_length + segment_ids.reshape(-1) - 1, segment_ids.size)
+        sums = lambda a: jax.ops.segment_sum(a.reshape(-1), bucket,            # noqa: E731
+                                             num_segments=segment_ids.size + 1)[:-1]
+        totals, counts = sums(per_position), sums(weights)
+    present = counts != 0
+    means = jnp.where(present, totals / jnp.where(present, counts, 1), jnp.zeros((), totals.dtype))
+    count = jnp.sum(present)
+    return jnp.where(count > 0, jnp.sum(means) / jnp.maximum(count, 1), jnp.zeros((), means.dtype))
 
 
 def _masked_elementwise(loss_fn: Callable[[jax.Array], jax.Array], pred: jax.Array,

@@ -7,7 +7,7 @@ semantics (packed-sequence parity, zero padding, ``h_n`` layout, zero-length row
 from __future__ import annotations
 
 import warnings
-from typing import Any, Optional, Sequence
+from typing import Any, Mapping, Optional, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -17,7 +17,7 @@ from flax.nnx.module import first_from
 from jaxseq import functional
 from jaxseq import init as initializers
 from jaxseq.dropout import _key_from, check_rate, keep_mask
-from jaxseq.layout import Structure, describe, param_shapes
+from jaxseq.layout import Structure, describe, param_name, param_shapes
 from jaxseq.scan import Staircase
 from jaxseq.segments import infer_max_segments
 from jaxseq.validation import check_floating, check_size
@@ -29,8 +29,13 @@ class RecurrentBase(nnx.Module):
     Extra keyword arguments (beyond torch's):
       recurrent_dropout: rate of a variational mask on ``h_{t-1}`` where it enters ``W_hh`` (one mask
         per sequence, layer and direction, reused at every step; Gal & Ghahramani). Training only.
-      weight_drop: rate of DropConnect on every ``W_hh`` (one mask per call, shared by all steps and
-        rows; AWD-LSTM's ``WeightDrop``). Training only.
+      weight_drop: DropConnect on ``W_hh`` (one mask per call, shared by all steps and rows;
+        AWD-LSTM's ``WeightDrop``), training only: a rate for every ``W_hh`` of every layer and
+        direction, or ``{torch name: rate}`` for chosen ones, e.g. ``{"weight_hh_l0": 0.5}`` as
+        torch's ``WeightDrop(lstm, ["weight_hh_l0"], 0.5)`` (the others are not dropped).
+      weight_drop_mode: ``"element"`` (default: every entry of ``W_hh`` on its own) or ``"row"``
+        (whole rows of ``W_hh``, a mask ``[G, 1]``: WeightDrop's ``variational=True``, without its
+        bug of also dropping in evaluation).
       param_dtype: dtype of the parameters, which is also the compute dtype (default float32).
       deterministic: initial mode; ``True`` (evaluation: no dropout) by default. ``module.train()`` /
         ``module.eval()`` switch it, as for ``nnx.Dropout``.
@@ -48,7 +53,8 @@ class RecurrentBase(nnx.Module):
     def __init__(self, mode: str, input_size: int, hidden_size: int, num_layers: int = 1,
                  bias: bool = True, batch_first: bool = False, dropout: float = 0.0,
                  bidirectional: bool = False, proj_size: int = 0, *, rngs: nnx.Rngs,
-                 recurrent_dropout: float = 0.0, weight_drop: float = 0.0,
+                 recurrent_dropout: float = 0.0,
+                 weight_drop: float | Mapping[str, float] = 0.0, weight_drop_mode: str = "element",
                  param_dtype: jnp.dtype = jnp.float32, deterministic: bool = True, unroll: int = 1,
                  time_chunks: int = functional.DEFAULT_TIME_CHUNKS, compute_dtype: Any = None,
                  init: str | initializers.Initializer = "torch_default"):
@@ -64,13 +70,16 @@ class RecurrentBase(nnx.Module):
         check_floating(param_dtype, "param_dtype")
         self.dropout = check_rate(dropout, "dropout")
         self.recurrent_dropout = check_rate(recurrent_dropout, "recurrent_dropout")
-        self.weight_drop = check_rate(weight_drop, "weight_drop")
+        if weight_drop_mode not in ("element", "row"):
+            raise ValueError(f"weight_drop_mode must be 'element' or 'row', got {weight_drop_mode!r}")
+        self.weight_drop_mode = weight_drop_mode
         if self.dropout > 0 and num_layers == 1:
             warnings.warn("dropout option adds dropout after all but last recurrent layer, so non-zero "
                           f"dropout expects num_layers greater than 1, but got dropout={dropout} and "
                           f"num_layers={num_layers}", stacklevel=3)
         self.structure = Structure(mode, input_size, hidden_size, num_layers, bool(bias),
                                    bool(bidirectional), proj_size)
+        self.weight_drop = _weight_drop_rates(weight_drop, self.structure)
         self.batch_first = bool(batch_first)
         self.deterministic = deterministic
         self.unroll = unroll
@@ -79,8 +88,11 @@ class RecurrentBase(nnx.Module):
         values = initializers.initialize(init, rngs.params(), self.structure, param_dtype)
         for name, value in values.items():
             setattr(self, name, nnx.Param(value))
-        uses_rng = max(self.dropout, self.recurrent_dropout, self.weight_drop) > 0
+        uses_rng = self._max_rate() > 0
         self.rngs = rngs["dropout"].fork() if uses_rng else nnx.data(None)
+
+    def _max_rate(self) -> float:
+        return max(self.dropout, self.recurrent_dropout, *self.weight_drop.values())
 
     # -- torch-facing views ------------------------------------------------------------------
     @property
@@ -90,6 +102,10 @@ class RecurrentBase(nnx.Module):
     def param_names(self) -> tuple[str, ...]:
         """Torch parameter names of this module, in ``state_dict`` order."""
         return tuple(param_shapes(self.structure))
+
+    def param_shapes(self) -> dict[str, tuple[int, ...]]:
+        """Torch parameter names and shapes of this module, in ``state_dict`` order."""
+        return param_shapes(self.structure)
 
     def param_dict(self) -> dict[str, jax.Array]:
         """``{torch name: current value}`` (the ``params`` argument of :mod:`jaxseq.functional`)."""
@@ -115,9 +131,13 @@ class RecurrentBase(nnx.Module):
             shape = (D, B) + (() if max_segments is None else (max_segments,)) + (H_out,)
             masks["state_masks"] = [keep_mask(k, self.recurrent_dropout, shape, dtype)
                                     for k in jax.random.split(k_state, L)]
-        if self.weight_drop > 0:
-            masks["weight_hh_masks"] = [keep_mask(k, self.weight_drop, (D, s.gates * s.hidden_size, H_out), dtype)
-                                        for k in jax.random.split(k_weight, L)]
+        if max(self.weight_drop.values()) > 0:
+            cols = 1 if self.weight_drop_mode == "row" else H_out
+            keys = jax.random.split(k_weight, L * D).reshape(L, D)
+            masks["weight_hh_masks"] = [
+                jnp.stack([keep_mask(keys[layer, d], self.weight_drop[param_name("weight_hh", layer, d)],
+                                     (s.gates * s.hidden_size, cols), dtype) for d in range(D)])
+                for layer in range(L)]
         return masks
 
     def __call__(self, x: jax.Array, lengths: Optional[jax.Array] = None, hx: Any = None, *,
@@ -148,7 +168,7 @@ class RecurrentBase(nnx.Module):
                     "weight_hh_masks": weight_hh_masks}
         masks: dict[str, Any] = {}
         deterministic = first_from(deterministic, self.deterministic, error_msg="deterministic not set")
-        if not deterministic and max(self.dropout, self.recurrent_dropout, self.weight_drop) > 0:
+        if not deterministic and self._max_rate() > 0:
             source = first_from(rngs, self.rngs,
                                 error_msg=f"{self!r} in training mode needs `rngs` to draw dropout masks")
             functional._check_input(self.structure, x)  # before drawing masks from x's shape
@@ -164,6 +184,20 @@ class RecurrentBase(nnx.Module):
                                                            error_msg="time_chunks not set"),
                                     compute_dtype=self.compute_dtype,
                                     **masks)
+
+
+def _weight_drop_rates(weight_drop: float | Mapping[str, float], s: Structure) -> dict[str, float]:
+    """``{weight_hh name: rate}`` for every ``W_hh`` of ``s`` from a rate or a partial mapping."""
+    names = [param_name("weight_hh", layer, d) for layer in range(s.num_layers)
+             for d in range(s.num_directions)]
+    if not isinstance(weight_drop, Mapping):
+        rate = check_rate(weight_drop, "weight_drop")
+        return {name: rate for name in names}
+    unknown = sorted(set(weight_drop) - set(names))
+    if unknown:
+        raise ValueError(f"weight_drop names {unknown} are not recurrent weights of {describe(s)}; "
+                         f"expected some of {names}")
+    return {name: check_rate(weight_drop.get(name, 0.0), f"weight_drop[{name!r}]") for name in names}
 
 
 class LSTM(RecurrentBase):

@@ -1,6 +1,6 @@
 """The one masked scan that runs a recurrent layer (both directions at once) over a padded batch.
 
-Shared by LSTM, GRU and RNN: only the element-wise cell differs (:mod:`jaxseq.cells`). Instead of
+Shared by LSTM, GRU and RNN: only the element-wise cell differs (:mod:`jaxseq.gates`). Instead of
 packing, each step carries a validity mask: a row's state is frozen once its sequence has ended and
 its output is exactly zero there, so the final carry of row ``b`` is its state after its own last
 valid step. The reverse direction reads every row reversed within its own length (``lengths[b]-1``
@@ -31,7 +31,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
-from jaxseq.cells import CELLS, Carry, CellParams, gru_cell
+from jaxseq.gates import CELLS, Carry, CellParams, gru_cell
 from jaxseq.layout import param_name
 from jaxseq.masking import reverse_within_length, take_permutation
 from jaxseq.segments import SegmentLayout, per_step, sequence_starts, take_steps
@@ -128,7 +128,7 @@ def masked_scan(cell: Callable, unroll: int, compute_dtype: Optional[jnp.dtype],
     """Run ``cell`` over time with a per-step validity mask, all directions at once.
 
     Args:
-      cell: a cell from :mod:`jaxseq.cells`.
+      cell: a cell from :mod:`jaxseq.gates`.
       unroll: ``lax.scan`` unroll factor (forward and backward loops).
       compute_dtype: ``None``, or the dtype of every matmul's operands (e.g. ``jnp.bfloat16``);
         products are accumulated in, and everything else (cell math, states, outputs, gradients)

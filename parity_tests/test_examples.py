@@ -20,10 +20,11 @@ import pytest
 import torch
 from flax import nnx
 
+import jaxseq
+
 pytest.importorskip("wordfreq")
 
 from examples import char_lm, torch_word_language, word_language  # noqa: E402
-from examples.port_from_torch import load_torch_weights  # noqa: E402
 from examples.training import TrainConfig  # noqa: E402
 from examples.wordlang_data import (BOS, EOS, IGNORE, LANGUAGES, PAD, SPECIALS, UNK,  # noqa: E402
                                     batches, build_dataset, lm_batches)
@@ -108,7 +109,7 @@ def test_batches_cover_each_word_once_with_filler_rows(data):
 def test_word_classifier_first_sgd_steps_match_torch(tiny_data):
     torch_model = torch_word_language.build_model(tiny_data, TINY).double()
     torch_model.eval()  # dropout layers present, switched off
-    jax_model = load_torch_weights(
+    jax_model = jaxseq.load_torch_state_dict(
         word_language.build_model(tiny_data, TINY, param_dtype=jnp.float64),
         torch_model.state_dict())
     jax_model.eval()
@@ -136,7 +137,7 @@ def test_char_lm_first_sgd_steps_match_torch(tiny_data):
     torch_model = torch_models.CharLM(tiny_data.vocab_size, embed_dim=TINY.embed_dim,
                                       hidden_size=TINY.hidden_size, dropout=TINY.dropout).double()
     torch_model.eval()
-    jax_model = load_torch_weights(char_lm.build_model(tiny_data, TINY, param_dtype=jnp.float64),
+    jax_model = jaxseq.load_torch_state_dict(char_lm.build_model(tiny_data, TINY, param_dtype=jnp.float64),
                                    torch_model.state_dict())
     initial = torch_model.decoder.weight.detach().clone().numpy()
     torch_opt = torch.optim.SGD(torch_model.parameters(), lr=TINY.learning_rate)

@@ -169,7 +169,7 @@ def test_prefix_selects_a_submodule():
 
 
 def test_wrong_prefix_names_the_missing_keys():
-    with pytest.raises(ValueError, match=r"state_dict \(prefix 'encoder\.'\) do not match GRU\(3, 5\)"
+    with pytest.raises(ValueError, match=r"state_dict \(prefix 'encoder\.'\) does not match GRU\(3, 5\)"
                                          r": missing keys 'weight_ih_l0'"):
         load_torch_state_dict(jaxseq.GRU(3, 5, rngs=nnx.Rngs(0)), Seq2Vec().state_dict(),
                               prefix="encoder.")

@@ -139,7 +139,7 @@ BAD_INPUTS = [
     ("state_dict not a mapping", lambda: jaxseq.load_torch_state_dict(LSTM, list(SD.items())),
      TypeError, "state_dict must be a mapping {torch name: tensor}, got list"),
     ("state_dict prefix missing", lambda: jaxseq.load_torch_state_dict(LSTM, SD, prefix="rnn."),
-     ValueError, "state_dict (prefix 'rnn.') do not match LSTM(3, 4): missing keys 'weight_ih_l0'"),
+     ValueError, "state_dict (prefix 'rnn.') does not match LSTM(3, 4): missing keys 'weight_ih_l0'"),
     # --- functional params --------------------------------------------------------------------
     ("params int dtype", lambda: F.lstm({k: v.astype(jnp.int32) for k, v in LSTM.param_dict().items()},
                                         X), TypeError,
