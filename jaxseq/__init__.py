@@ -19,9 +19,10 @@ Public API (the README has the torch -> jaxseq map):
   :func:`segment_last`, :func:`segment_sum`, :func:`segment_mean`, :func:`segment_max`,
   :func:`segment_lengths`, :func:`segment_broadcast` (:mod:`jaxseq.segments`);
 * host-side data: :mod:`jaxseq.data` (:func:`bucket_by_length`, :func:`pack_rows`);
+* serving: :func:`jaxseq.export.export_model` (a ``jax.export`` artifact, symbolic batch and time);
 * validation: :func:`check_lengths`, :func:`checked` (length checks under ``jit``).
 """
-from jaxseq import data, decoding, functional, init, layout, segments
+from jaxseq import data, decoding, export, functional, init, layout, segments
 from jaxseq.cells import GRUCell, LSTMCell, RNNCell
 from jaxseq.decoding import (attention_weights, beam_search, dot_attention, greedy_decode,
                              reorder_state, teacher_forcing)
@@ -41,7 +42,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     "LSTM", "GRU", "RNN", "RecurrentBase", "LSTMCell", "GRUCell", "RNNCell",
-    "functional", "init", "layout", "data", "segments", "decoding",
+    "functional", "init", "layout", "data", "segments", "decoding", "export",
     "attention_weights", "dot_attention", "teacher_forcing", "greedy_decode", "beam_search",
     "reorder_state",
     "bucket_by_length", "pack_rows",

@@ -65,7 +65,7 @@ def _describe(value: Any) -> str:
     return type(value).__name__
 
 
-def _check_input(s: Structure, x: Any) -> None:
+def _check_input(s: Structure, x: Any, batch_first: bool = False) -> None:
     if not hasattr(x, "ndim") or x.ndim not in (2, 3):
         got = getattr(x, "shape", type(x).__name__)
         raise ValueError(f"Expected input of shape [T, B, input_size] (or [B, T, input_size] with "
@@ -74,8 +74,8 @@ def _check_input(s: Structure, x: Any) -> None:
         raise ValueError(f"input.size(-1) must be equal to input_size. Expected {s.input_size}, "
                          f"got {x.shape[-1]}")
     check_floating(x.dtype, "input")
-    if 0 in x.shape[:-1]:
-        raise ValueError(f"input must have at least one time step and one batch row, got shape "
+    if x.shape[1 if batch_first and x.ndim == 3 else 0] == 0:   # torch raises too; B = 0 is fine
+        raise ValueError(f"Expected sequence length to be larger than 0 in RNN, got input of shape "
                          f"{tuple(x.shape)}")
 
 
@@ -214,7 +214,7 @@ def recurrent(mode: str, params: Params, x: jax.Array, lengths: Optional[jax.Arr
       computation.
     """
     s = infer_structure(mode, params)
-    _check_input(s, x)
+    _check_input(s, x, batch_first)
     unroll = check_size(unroll, "unroll")
     unbatched = x.ndim == 2
     packed = segment_ids is not None
@@ -254,8 +254,8 @@ def recurrent(mode: str, params: Params, x: jax.Array, lengths: Optional[jax.Arr
     for name, value in params.items():
         check_floating(value.dtype, f"params[{name!r}]")
     dtype = params["weight_ih_l0"].dtype
-    if hx is None:
-        state = [jnp.zeros(shape, dtype) for shape in _state_shapes(s, B, max_segments)]
+    if hx is None:   # zeros_like(x): under shard_map the state varies along x's mesh axes too
+        state = [jnp.zeros_like(x, dtype, shape=shape) for shape in _state_shapes(s, B, max_segments)]
     else:
         state = [h.astype(dtype) for h in _check_state(s, hx, B, unbatched, max_segments)]
     L, D, H_out = s.num_layers, s.num_directions, s.output_size
@@ -270,6 +270,9 @@ def recurrent(mode: str, params: Params, x: jax.Array, lengths: Optional[jax.Arr
     wmasks = _per_layer(weight_hh_masks, L, "weight_hh_masks")
     _check_broadcast(wmasks, (D, s.gates * s.hidden_size, H_out), "weight_hh_masks", "[D, G, H_out]")
 
+    if B == 0:   # an empty batch (an empty shard, a filtered-out batch): torch's empty results
+        output = jnp.zeros((T, 0, D * H_out), dtype)
+        return _finish(mode, output, state, unbatched, batch_first)
     valid = jnp.arange(T)[:, None] < lengths[None, :]                       # [T, B]
     layer_in = jnp.where(valid[..., None], x.astype(dtype), jnp.zeros((), dtype))
     finals = []
@@ -286,8 +289,13 @@ def recurrent(mode: str, params: Params, x: jax.Array, lengths: Optional[jax.Arr
         finals.append(carry)
         if layer < L - 1 and drop[layer] is not None:
             layer_in = layer_in * drop[layer]
-    output = layer_in
     h_n = [jnp.concatenate([c[i] for c in finals], axis=0) for i in range(len(state))]
+    return _finish(mode, layer_in, h_n, unbatched, batch_first)
+
+
+def _finish(mode: str, output: jax.Array, h_n: list[jax.Array], unbatched: bool,
+            batch_first: bool) -> tuple[jax.Array, Any]:
+    """Time-major ``output [T, B, ·]`` and states ``[D*L, B, ·]`` in the caller's layout."""
     if unbatched:
         output, h_n = output[:, 0], [h[:, 0] for h in h_n]
     elif batch_first:

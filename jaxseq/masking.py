@@ -5,17 +5,13 @@ integer ``lengths [B]``; position ``t`` of row ``b`` is valid iff ``t < lengths[
 """
 from __future__ import annotations
 
-from functools import partial
-
 import jax
 import jax.numpy as jnp
 
 from jaxseq.validation import check_lengths
 
-
 def _time_axis(batch_first: bool) -> int:
     return 1 if batch_first else 0
-
 
 def length_mask(lengths: jax.Array, max_len: int) -> jax.Array:
     """Boolean validity mask ``[B, max_len]``: ``mask[b, t] = t < lengths[b]``.
@@ -35,34 +31,11 @@ def length_mask(lengths: jax.Array, max_len: int) -> jax.Array:
     lengths = check_lengths(lengths, max_len)
     return jnp.arange(max_len)[None, :] < lengths[:, None]
 
-
-@partial(jax.custom_vjp, nondiff_argnums=(3,))
-def take_permutation(a: jax.Array, idx: jax.Array, inv: jax.Array, axis: int) -> jax.Array:
-    """``take_along_axis(a, idx, axis)`` for an index that permutes ``axis``; ``inv`` is its inverse.
-
-    ``idx`` and ``inv`` have ``a.ndim`` dimensions and broadcast against ``a``. The gradient is the
-    inverse permutation, done as a gather (the default transpose of a gather is a scatter-add).
-    """
-    return jnp.take_along_axis(a, idx, axis=axis)
-
-
-def _take_permutation_fwd(a, idx, inv, axis):
-    return jnp.take_along_axis(a, idx, axis=axis), (idx, inv)
-
-
-def _take_permutation_bwd(axis, res, g):
-    _, inv = res
-    return jnp.take_along_axis(g, inv, axis=axis), None, None
-
-
-take_permutation.defvjp(_take_permutation_fwd, _take_permutation_bwd)
-
-
 def reverse_within_length(x: jax.Array, lengths: jax.Array, t_axis: int = 0) -> jax.Array:
     """Unchecked core of :func:`reverse_padded`: ``lengths`` must already be valid ``int32 [B]``.
 
-    ``t_axis`` is 0 (``[T, B, ...]``) or 1 (``[B, T, ...]``). An involution, so the permutation is its
-    own inverse (and its gradient is the same gather).
+    ``t_axis`` is 0 (``[T, B, ...]``) or 1 (``[B, T, ...]``). An involution (a gather; JAX
+    differentiates it in both modes).
     """
     max_len = x.shape[t_axis]
     t = jnp.arange(max_len)[None, :]
@@ -70,8 +43,7 @@ def reverse_within_length(x: jax.Array, lengths: jax.Array, t_axis: int = 0) -> 
     if t_axis == 0:
         idx = idx.T                                                        # [T, B]
     idx = idx.reshape(idx.shape + (1,) * (x.ndim - 2))
-    return take_permutation(x, idx, idx, t_axis)
-
+    return jnp.take_along_axis(x, idx, axis=t_axis)
 
 def reverse_padded(x: jax.Array, lengths: jax.Array, batch_first: bool = False) -> jax.Array:
     """Reverse every row within its own length; padded positions stay where they are.
@@ -95,7 +67,6 @@ def reverse_padded(x: jax.Array, lengths: jax.Array, batch_first: bool = False) 
     t_axis = _time_axis(batch_first)
     lengths = check_lengths(lengths, x.shape[t_axis], x.shape[1 - t_axis])
     return reverse_within_length(x, lengths, t_axis)
-
 
 def last_valid(output: jax.Array, lengths: jax.Array, batch_first: bool = False) -> jax.Array:
     """Each row's output at its last valid step ``t = lengths[b]-1``.

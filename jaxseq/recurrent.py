@@ -171,7 +171,7 @@ class RecurrentBase(nnx.Module):
         if not deterministic and self._max_rate() > 0:
             source = first_from(rngs, self.rngs,
                                 error_msg=f"{self!r} in training mode needs `rngs` to draw dropout masks")
-            functional._check_input(self.structure, x)  # before drawing masks from x's shape
+            functional._check_input(self.structure, x, self.batch_first)  # before drawing masks
             if segment_ids is not None and max_segments is None:
                 max_segments = infer_max_segments(segment_ids)
             masks = self._draw_masks(x, _key_from(source),

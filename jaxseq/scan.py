@@ -1,21 +1,24 @@
 """The one masked scan that runs a recurrent layer (both directions at once) over a padded batch.
 
-Shared by LSTM, GRU and RNN: only the element-wise cell differs (:mod:`jaxseq.gates`). Instead of
-packing, each step carries a validity mask: a row's state is frozen once its sequence has ended and
-its output is exactly zero there, so the final carry of row ``b`` is its state after its own last
-valid step. The reverse direction reads every row reversed within its own length (``lengths[b]-1``
-down to ``0``, as torch does on a ``PackedSequence``), so in scan order both directions are valid
-exactly at steps ``s < lengths[b]`` and share one mask.
+Shared by LSTM, GRU and RNN, by layers, packed rows and the staircase: only the element-wise cell
+differs (:mod:`jaxseq.gates`). Instead of packing, each step carries a validity mask: a row's
+state is frozen outside its valid steps and its output is exactly zero there, so the final carry
+of row ``b`` is its state after its own last valid step. The reverse direction reads the
+time-flipped input (valid on a suffix of steps, before which its state stays at ``h_0``) or, in a
+staircase, each row reversed within its own length; either way it reads ``lengths[b]-1`` down to
+``0``, as torch does on a ``PackedSequence``. Packed rows add a state reset at every sequence start.
 
 Performance structure (measurements in ``docs/benchmarks.md``):
 
 * one ``lax.scan`` runs every direction (a ``[D, B, ·]`` carry); the input projection ``x_t @ W_ih``
   is done inside the loop, next to ``h @ W_hh`` (on CPU this beats one hoisted GEMM whose
   ``[T, D, B, G]`` result the loop must stream back from memory);
-* :func:`masked_scan` has a hand-written VJP: the backward loop does one ``dgates @ W_hh`` per step
-  and writes the gate gradients over the saved pre-activations; the gradients of ``W_ih``,
-  ``W_hh``, the bias and the input are then large GEMMs after the loop (autodiff of the scan would
-  accumulate ``[F, G]`` and ``[H, G]`` weight gradients at every step);
+* :func:`masked_scan` has a custom JVP whose tangent map hoists every term that does not depend on
+  the previous step (``dx @ W_ih``, ``x @ dW_ih``, ``h @ dW_hh``...) out of the loop as large GEMMs
+  and recomputes the gates from saved pre-activations; JAX transposes it for reverse mode into one
+  ``dgates @ W_hh.T`` per step and every weight and input gradient as GEMMs after the loop (autodiff
+  of the plain scan would accumulate ``[F, G]`` and ``[H, G]`` weight gradients at every step).
+  Forward mode, ``jax.hessian`` and forward-over-reverse work through the same rule;
 * with a :class:`Staircase` schedule (built automatically when ``lengths`` are concrete), rows are
   sorted by length and time is cut into a few chunks, each scanned over only the rows still active,
   so compute follows the number of valid tokens rather than ``B * T``.
@@ -24,23 +27,24 @@ from __future__ import annotations
 
 import math
 from functools import partial
-from typing import Callable, Mapping, NamedTuple, Optional, Sequence
+from typing import Any, Callable, Mapping, NamedTuple, Optional, Sequence
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 from jax import lax
+from jax.custom_derivatives import SymbolicZero
 
 from jaxseq.gates import CELLS, Carry, CellParams, gru_cell
 from jaxseq.layout import param_name
-from jaxseq.masking import reverse_within_length, take_permutation
+from jaxseq.masking import reverse_within_length
 from jaxseq.segments import SegmentLayout, per_step, sequence_starts, take_steps
 
 
-def _permute_rows(a: jax.Array, perm: jax.Array, inv: jax.Array, axis: int = 1) -> jax.Array:
+def _permute_rows(a: jax.Array, perm: jax.Array, axis: int = 1) -> jax.Array:
     shape = [1] * a.ndim
     shape[axis] = perm.shape[0]
-    return take_permutation(a, perm.reshape(shape), inv.reshape(shape), axis)
+    return jnp.take_along_axis(a, perm.reshape(shape), axis=axis)
 
 
 # --------------------------------------------------------------------------------------------
@@ -66,14 +70,6 @@ def _matmul(a: jax.Array, b: jax.Array, compute_dtype) -> jax.Array:
     return jnp.matmul(a.astype(compute_dtype), b.astype(compute_dtype), preferred_element_type=a.dtype)
 
 
-def _contract(a: jax.Array, b: jax.Array, compute_dtype) -> jax.Array:
-    """``sum_{s,b} a[s, b, i] b[s, b, j]``: a weight gradient from two ``[S, B, ·]`` sequences."""
-    if compute_dtype is None:
-        return jnp.tensordot(a, b, axes=([0, 1], [0, 1]))
-    return jnp.tensordot(a.astype(compute_dtype), b.astype(compute_dtype), axes=([0, 1], [0, 1]),
-                         preferred_element_type=a.dtype)
-
-
 def _scan(cell: Callable, unroll: int, compute_dtype, xs, valid, carry0, w: LayerWeights, p,
           state_mask, starts, inits, residuals: bool):
     """Forward loop. Returns ``(carry, (outs, states, pre))``; ``pre`` only with ``residuals``."""
@@ -93,14 +89,14 @@ def _scan(cell: Callable, unroll: int, compute_dtype, xs, valid, carry0, w: Laye
         h_rec = carry[0] if mask is None else carry[0] * mask
         hw = _matmul(h_rec, w_hh_t, compute_dtype)
         new = cell(xp, hw, carry, p)
-        keep = valid_t[:, None]                                               # [B, 1]
+        keep = valid_t[..., None]                                             # [D, B, 1]
         nxt = tuple(jnp.where(keep, n, o) for n, o in zip(new, carry))
         out = jnp.where(keep, new[0], jnp.zeros((), new[0].dtype))
         outs = tuple(out[d] for d in range(D))
         if not residuals:
             return nxt, (outs, nxt[1:] if starts is not None else ())
         pre = (xp + hw,) if _summed(cell) else (xp, hw)
-        return nxt, (outs, nxt[1:], tuple(a[d] for a in pre for d in range(D)))
+        return nxt, (outs, nxt[1:], tuple(a[d] for a in pre for d in range(D)))   # [B, G] each
 
     seq_mask = state_mask if per_step_mask else None
     return lax.scan(body, carry0, (xs, valid, starts, inits, seq_mask), unroll=unroll)
@@ -119,7 +115,7 @@ def _reset(carry: Carry, start: jax.Array, init: Optional[Carry]) -> Carry:
     return tuple(jnp.where(start, i, c) for c, i in zip(carry, init))
 
 
-@partial(jax.custom_vjp, nondiff_argnums=(0, 1, 2))
+@partial(jax.custom_jvp, nondiff_argnums=(0, 1, 2))
 def masked_scan(cell: Callable, unroll: int, compute_dtype: Optional[jnp.dtype],
                 xs: tuple[jax.Array, ...], valid: jax.Array, carry0: Carry, w: LayerWeights,
                 p: CellParams, state_mask: Optional[jax.Array] = None,
@@ -134,8 +130,9 @@ def masked_scan(cell: Callable, unroll: int, compute_dtype: Optional[jnp.dtype],
         products are accumulated in, and everything else (cell math, states, outputs, gradients)
         stays in, the dtype of ``xs``.
       xs: one ``[S, B, F]`` input per direction, in the order that direction reads it.
-      valid: ``bool [S, B]``: whether step ``s`` is a real token of row ``b`` (every direction).
-        Each row's valid steps must be a prefix ``s < length``.
+      valid: ``bool [S, D, B]``: whether step ``s`` is a real token of row ``b`` in direction
+        ``d``. Each row's valid steps must be contiguous: a prefix (a forward reading) or a suffix
+        (a reverse reading of time-flipped inputs); the state is frozen outside them.
       carry0: initial state, a tuple of ``[D, B, ·]`` arrays (``h`` first).
       w: the layer's projections.
       p: the cell's other parameters.
@@ -153,112 +150,135 @@ def masked_scan(cell: Callable, unroll: int, compute_dtype: Optional[jnp.dtype],
       ``starts``, else ``()``) holds the carry entries after ``h`` (``c`` for LSTM) after every step,
       ``[S, D, B, H]`` each, from which a packed row's per-sequence final states are read.
 
-    Differentiable in every floating argument; the VJP is hand-written (see the module docstring):
-    per step one ``[B, G] x [G, H_out]`` matmul, then every weight gradient and the input gradient
-    as large GEMMs after the loop.
+    Differentiable in every floating argument, in forward and reverse mode and to any order,
+    through a custom JVP (see the module docstring) whose reverse mode is the fast backward pass.
     """
     carry, (outs, states) = _scan(cell, unroll, compute_dtype, xs, valid, carry0, w, p, state_mask,
                                   starts, inits, residuals=False)
     return outs, carry, states
 
 
-def _masked_scan_fwd(cell, unroll, compute_dtype, xs, valid, carry0, w, p, state_mask, starts,
-                     inits):
+def _known(t: Any) -> Any:
+    """A tangent, or ``None`` for a symbolic zero (a tangent nobody asked for)."""
+    return None if isinstance(t, SymbolicZero) else t
+
+
+def _instantiate(t: Any, like: Any) -> Any:
+    """A tangent pytree with its symbolic zeros made concrete (``like``'s shapes and dtypes)."""
+    return jax.tree.map(lambda a, b: jnp.zeros_like(b) if isinstance(a, SymbolicZero) else a,
+                        t, like,
+                        is_leaf=lambda a: isinstance(a, SymbolicZero))
+
+
+def _masked_scan_jvp(cell, unroll, compute_dtype, primals, tangents):
+    """The tangent map, structured so that its transpose is the fast backward pass.
+
+    Everything linear in the tangents that does not depend on the previous step is hoisted out of
+    the time loop as large GEMMs: ``dx @ W_ih``, ``x @ dW_ih``, ``dbias``, ``h_rec @ dW_hh`` and
+    ``(h * dmask) @ W_hh``. The loop keeps only ``dh_rec @ W_hh`` and the linearised gate
+    equations, which it recomputes from the saved pre-activations (``jax.checkpoint``: nothing per
+    step is stored for the tangent). Transposed by JAX for reverse mode, the loop becomes one
+    ``dgates @ W_hh.T`` per step and the hoisted GEMMs become the weight and input gradients, as
+    large GEMMs after the loop.
+    """
+    xs, valid, carry0, w, p, state_mask, starts, inits = primals
+    dxs, _, dcarry0, dw, dp, dmask, _, dinits = tangents
+    D, summed, per_step_mask = len(xs), _summed(cell), _per_step(state_mask)
     carry, (outs, states, pre) = _scan(cell, unroll, compute_dtype, xs, valid, carry0, w, p,
                                        state_mask, starts, inits, residuals=True)
-    res = (xs, valid, carry0, w, p, state_mask, starts, inits, outs, states, pre)
-    return (outs, carry, states if starts is not None else ()), res
-
-
-def _masked_scan_bwd(cell, unroll, compute_dtype, res, cts):
-    xs, valid, carry0, w, p, state_mask, starts, inits, outs, states, pre = res
-    d_outs, d_carry, d_states = cts
-    D, summed, per_step_mask = len(xs), _summed(cell), _per_step(state_mask)
-    w_hh = jnp.swapaxes(w.w_hh_t, 1, 2)
-    w_hh = w_hh if compute_dtype is None else w_hh.astype(compute_dtype)
     zero = jnp.zeros((), xs[0].dtype)
-    # h_{t-1} of every step: valid steps are a prefix, so it is the previous output (padded steps
-    # have zero gradient and never use it), or the reset state where a sequence starts.
-    h_prev = [jnp.concatenate([carry0[0][d][None], outs[d][:-1]]) for d in range(D)]
+    # The state before every step: the previous step's output where that step was valid, else the
+    # initial state (valid steps are contiguous), or the reset state where a sequence starts.
+    valid_before = jnp.concatenate([jnp.zeros_like(valid[:1]), valid[:-1]])     # [S, D, B]
+    h_prev = [jnp.where(valid_before[:, d, :, None],
+                        jnp.concatenate([carry0[0][d][None], outs[d][:-1]]), carry0[0][d])
+              for d in range(D)]
+    rest_prev = [jnp.concatenate([c0[None], s[:-1]]) for c0, s in zip(carry0[1:], states)]
     if starts is not None:
         h_prev = [jnp.where(starts[:, d, :, None], zero if inits is None else inits[0][:, d], h)
                   for d, h in enumerate(h_prev)]
-
-    def body(acc, inputs):
-        # ``buffers`` holds the saved pre-activations (one [S, B, G] array per direction, two for
-        # GRU: xp and hw); step t reads its slice and overwrites it with its gradient, so the
-        # gradient sequences need no new (zero-filled, page-faulted) buffers.
-        d_carry, d_p, d_mask, buffers = acc
-        t, h_prev_t, valid_t, d_out_t, start_t, init_t, d_states_t, mask_t = inputs
-        pre_t = [jnp.stack([lax.dynamic_index_in_dim(b, t, keepdims=False)
-                            for b in buffers[k * D:(k + 1) * D]]) for k in range(len(buffers) // D)]
-        # The other carry entries before step t: the saved state after step t-1 (carry0 at t=0).
-        before = jnp.maximum(t - 1, 0)
-        rest_t = tuple(jnp.where(t == 0, c0, lax.dynamic_index_in_dim(s, before, keepdims=False))
-                       for c0, s in zip(carry0[1:], states))
-        prev_t = (jnp.stack(h_prev_t),) + rest_t
-        if start_t is not None:
-            prev_t = (prev_t[0],) + _reset(rest_t, start_t, None if init_t is None else init_t[1:])
-        if d_states_t:
-            d_carry = (d_carry[0],) + tuple(a + b for a, b in zip(d_carry[1:], d_states_t))
-        keep = valid_t[:, None]
-        d_new = tuple(jnp.where(keep, d, zero) for d in d_carry)
-        d_new = (d_new[0] + jnp.where(keep, jnp.stack(d_out_t), zero),) + d_new[1:]
-        if summed:
-            _, vjp = jax.vjp(lambda y, prev, q: cell(y, zero, prev, q), *pre_t, prev_t, p)
-            d_xp, d_prev, d_p_t = vjp(d_new)
-            d_hw = d_xp
-        else:
-            _, vjp = jax.vjp(cell, *pre_t, prev_t, p)
-            d_xp, d_hw, d_prev, d_p_t = vjp(d_new)
-        d_h_rec = _matmul(d_hw, w_hh, compute_dtype)                           # [D, B, H_out]
-        d_mask_t = None
-        mask = mask_t if per_step_mask else state_mask
-        if mask is not None:
-            d_mask_t = d_h_rec * prev_t[0]
-            if not per_step_mask:
-                d_mask, d_mask_t = d_mask + d_mask_t, None
-            d_h_rec = d_h_rec * mask
-        d_prev = (d_prev[0] + d_h_rec,) + tuple(d_prev[1:])
-        d_prev = tuple(jnp.where(keep, n, o) for n, o in zip(d_prev, d_carry))
-        d_init_t = None
-        if start_t is not None:   # what reaches a sequence's start goes to its initial state
-            start = start_t[..., None]
-            if inits is not None:
-                d_init_t = tuple(jnp.where(start, d, zero) for d in d_prev)
-            d_prev = tuple(jnp.where(start, zero, d) for d in d_prev)
-        d_p = jax.tree.map(jnp.add, d_p, d_p_t)
-        grads = [d_xp] if summed else [d_xp, d_hw]
-        buffers = tuple(lax.dynamic_update_index_in_dim(b, g[d], t, 0)
-                        for b, (g, d) in zip(buffers, [(g, d) for g in grads for d in range(D)]))
-        return (d_prev, d_p, d_mask, buffers), (d_init_t, d_mask_t)
-
-    constant_mask = state_mask is not None and not per_step_mask
-    acc0 = (d_carry, jax.tree.map(jnp.zeros_like, p),
-            jnp.zeros_like(state_mask) if constant_mask else None, pre)
-    steps = jnp.arange(valid.shape[0])
-    (d_carry0, d_p, d_mask, d_seq), (d_inits, d_mask_seq) = lax.scan(
-        body, acc0, (steps, h_prev, valid, d_outs, starts, inits, d_states or None,
-                     state_mask if per_step_mask else None), reverse=True, unroll=unroll)
-    if per_step_mask:
-        d_mask = d_mask_seq
-    d_xp, d_hw = (d_seq, d_seq) if summed else (d_seq[:D], d_seq[D:])
+        rest_prev = [jnp.where(starts[..., None], zero if inits is None else i, r)
+                     for r, i in zip(rest_prev, [None] * len(rest_prev) if inits is None
+                                     else inits[1:])]
     if state_mask is None:
         h_rec = h_prev
     elif per_step_mask:
         h_rec = [h * state_mask[:, d] for d, h in enumerate(h_prev)]
     else:
         h_rec = [h * state_mask[d] for d, h in enumerate(h_prev)]
-    # Per direction: [S, B, ·] sequences, one GEMM each.
-    d_xs = tuple(_matmul(d_xp[d], w.w_ih_t[d].T, compute_dtype) for d in range(D))
-    d_w = LayerWeights(
-        w_ih_t=jnp.stack([_contract(xs[d], d_xp[d], compute_dtype) for d in range(D)]),
-        w_hh_t=jnp.stack([_contract(h_rec[d], d_hw[d], compute_dtype) for d in range(D)]),
-        bias=None if w.bias is None else jnp.stack([d_xp[d].sum((0, 1))[None] for d in range(D)]))
-    return d_xs, None, d_carry0, d_w, d_p, d_mask, None, d_inits
+
+    # --- hoisted: the tangent terms that need no previous tangent state ([S, B, G] per direction)
+    dw_ih, dw_hh, dbias = (_known(dw.w_ih_t), _known(dw.w_hh_t),
+                           None if w.bias is None else _known(dw.bias))
+    dxs, dmask = tuple(map(_known, dxs)), _known(dmask)
+
+    def gemm(a, b):   # [S, B, F] @ [F, G] as one 2-D GEMM (its transpose is one 2-D GEMM too)
+        return _matmul(a.reshape(-1, a.shape[-1]), b, compute_dtype).reshape(a.shape[:2] + b.shape[1:])
+
+    def hoisted_x(d):
+        terms = [] if dxs[d] is None else [gemm(dxs[d], w.w_ih_t[d])]
+        terms += [] if dw_ih is None else [gemm(xs[d], dw_ih[d])]
+        terms += [] if dbias is None else [jnp.broadcast_to(dbias[d], pre[0].shape)]
+        return sum(terms[1:], terms[0]) if terms else jnp.zeros_like(pre[0])
+
+    def hoisted_h(d):
+        terms = [] if dw_hh is None else [gemm(h_rec[d], dw_hh[d])]
+        if dmask is not None:
+            m = dmask[:, d] if per_step_mask else dmask[d]
+            terms.append(gemm(h_prev[d] * m, w.w_hh_t[d]))
+        return sum(terms[1:], terms[0]) if terms else None
+
+    a_x = [hoisted_x(d) for d in range(D)]
+    a_h = [hoisted_h(d) for d in range(D)]
+    if summed:   # the cell sees xp + hw only: one tangent sequence
+        a_x = [a if h is None else a + h for a, h in zip(a_x, a_h)]
+        a_h = [None] * D
+    elif any(h is None for h in a_h):
+        a_h = [jnp.zeros_like(a) if h is None else h for a, h in zip(a_x, a_h)]
+
+    w_hh_t = w.w_hh_t if compute_dtype is None else w.w_hh_t.astype(compute_dtype)
+    dp = _instantiate(dp, p)
+    if inits is None or all(isinstance(t, SymbolicZero) for t in dinits):
+        dinits = None
+    else:
+        dinits = _instantiate(dinits, inits)
+
+    def cell_tangent(pre_t, prev_t, d_in, d_prev):
+        if summed:
+            f = lambda y, prev, q: cell(y, zero, prev, q)                    # noqa: E731
+            return jax.jvp(f, (pre_t[0], prev_t, p), (d_in[0], d_prev, dp))[1]
+        return jax.jvp(cell, (pre_t[0], pre_t[1], prev_t, p), (d_in[0], d_in[1], d_prev, dp))[1]
+
+    # The whole step is rematerialised: linearisation then saves no per-step primal values (the
+    # recomputation is elementwise work on the saved pre-activations, as in a hand-written backward
+    # pass), and no second primal loop is left in the forward pass.
+    @jax.checkpoint
+    def step(d_carry, inputs):
+        a_x_t, a_h_t, pre_t, h_prev_t, rest_prev_t, valid_t, start_t, d_init_t, mask_t = inputs
+        if start_t is not None:
+            d_carry = _reset(d_carry, start_t, d_init_t)
+        mask = mask_t if per_step_mask else state_mask
+        d_h_rec = d_carry[0] if mask is None else d_carry[0] * mask
+        d_hw = _matmul(d_h_rec, w_hh_t, compute_dtype)                       # [D, B, G]
+        pre_t = [jnp.stack(pre_t[k * D:(k + 1) * D]) for k in range(len(pre_t) // D)]
+        d_in = [jnp.stack(a_x_t) + d_hw] if summed else [jnp.stack(a_x_t), jnp.stack(a_h_t) + d_hw]
+        d_new = cell_tangent(pre_t, (jnp.stack(h_prev_t),) + tuple(rest_prev_t), d_in, d_carry)
+        keep = valid_t[..., None]
+        d_next = tuple(jnp.where(keep, n, o) for n, o in zip(d_new, d_carry))
+        d_out = jnp.where(keep, d_new[0], zero)
+        return d_next, (tuple(d_out[d] for d in range(D)),
+                        d_next[1:] if starts is not None else ())
+
+    d_carry0 = _instantiate(dcarry0, carry0)
+    d_carry, (d_outs, d_states) = lax.scan(
+        step, d_carry0, (tuple(a_x), None if summed else tuple(a_h), pre, tuple(h_prev),
+                         tuple(rest_prev), valid, starts, dinits,
+                         state_mask if per_step_mask else None), unroll=unroll)
+    primal_out = (outs, carry, states if starts is not None else ())
+    return primal_out, (d_outs, d_carry, d_states)
 
 
-masked_scan.defvjp(_masked_scan_fwd, _masked_scan_bwd)
+masked_scan.defjvp(_masked_scan_jvp, symbolic_zeros=True)
 
 
 # --------------------------------------------------------------------------------------------
@@ -381,11 +401,37 @@ def layer_weights(mode: str, params: Mapping[str, jax.Array], layer: int, num_di
     return w, CellParams(b_hn=b_hn, w_hr_t=w_hr_t)
 
 
-def _join_directions(outs: Sequence[jax.Array], lengths: jax.Array) -> jax.Array:
-    """Per-direction outputs in scan order -> ``[T, B, D*H_out]`` in forward time."""
-    if len(outs) == 1:
-        return outs[0]
-    return jnp.concatenate([outs[0], reverse_within_length(outs[1], lengths)], axis=-1)
+class Reading(NamedTuple):
+    """How the directions of a layer read its input: forward, and (bidirectional) backwards.
+
+    Plain and packed scans read the reverse direction from the time-flipped input (a static
+    reversal, ``lax.rev``): a row's valid steps are then a suffix in scan order, before which its
+    state stays at its initial value. A staircase needs every direction valid on the same prefix
+    of steps (its chunks drop finished rows), so there each row is reversed within its own length
+    (a per-row gather) instead.
+    """
+
+    xs: tuple[jax.Array, ...]   # [T, B, F] per direction, in its reading order
+    valid: jax.Array            # bool [T, D, B]
+    within_length: bool
+
+    @staticmethod
+    def of(x: jax.Array, lengths: jax.Array, num_directions: int, within_length: bool) -> "Reading":
+        valid = jnp.arange(x.shape[0])[:, None] < lengths[None, :]          # [T, B]
+        if num_directions == 1:
+            return Reading((x,), valid[:, None], within_length)
+        if within_length:
+            return Reading((x, reverse_within_length(x, lengths)), jnp.stack([valid, valid], 1),
+                           True)
+        return Reading((x, lax.rev(x, (0,))), jnp.stack([valid, lax.rev(valid, (0,))], 1), False)
+
+    def join(self, outs: Sequence[jax.Array], lengths: jax.Array) -> jax.Array:
+        """Per-direction outputs in scan order -> ``[T, B, D*H_out]`` in forward time."""
+        if len(outs) == 1:
+            return outs[0]
+        back = (reverse_within_length(outs[1], lengths) if self.within_length
+                else lax.rev(outs[1], (0,)))
+        return jnp.concatenate([outs[0], back], axis=-1)
 
 
 def run_layer(mode: str, params: Mapping[str, jax.Array], layer: int, num_directions: int,
@@ -412,30 +458,33 @@ def run_layer(mode: str, params: Mapping[str, jax.Array], layer: int, num_direct
     if not sort_rows:
         plan = Staircase(((0, T, B),))
     else:  # sort rows by decreasing length; undone on the way out
+        # Host lengths are constants: XLA would constant-fold the permutations' transposes (large
+        # scatters) for seconds at every compilation. The barrier keeps them runtime values.
+        lengths = lax.optimization_barrier(lengths)
         perm = jnp.argsort(-lengths, stable=True)
         inv = jnp.argsort(perm)
-        x, lengths = _permute_rows(x, perm, inv), lengths[perm]
-        carry0 = tuple(_permute_rows(c, perm, inv) for c in carry0)
+        x, lengths = _permute_rows(x, perm), lengths[perm]
+        carry0 = tuple(_permute_rows(c, perm) for c in carry0)
         if state_mask is not None:
-            state_mask = _permute_rows(state_mask, perm, inv)
+            state_mask = _permute_rows(state_mask, perm)
 
-    xs = (x,) if D == 1 else (x, reverse_within_length(x, lengths))    # read order per direction
-    valid = jnp.arange(T)[:, None] < lengths[None, :]                    # [T, B]
+    reading = Reading.of(x, lengths, D, within_length=sort_rows)
     carry, pieces = carry0, []
     for start, stop, rows in plan.chunks:
         outs, new, _ = masked_scan(CELLS[mode], unroll, compute_dtype,
-                                   tuple(a[start:stop, :rows] for a in xs),
-                                   valid[start:stop, :rows], tuple(c[:, :rows] for c in carry), w,
+                                   tuple(a[start:stop, :rows] for a in reading.xs),
+                                   reading.valid[start:stop, :, :rows],
+                                   tuple(c[:, :rows] for c in carry), w,
                                    p, None if state_mask is None else state_mask[:, :rows])
         carry = tuple(jnp.concatenate([n, c[:, rows:]], axis=1) for n, c in zip(new, carry))
         pieces.append([jnp.pad(o, ((0, 0), (0, B - rows), (0, 0))) for o in outs])
     stop = plan.chunks[-1][1] if plan.chunks else 0
     tail = [jnp.zeros((T - stop, B, H_out), x.dtype)]
-    out = _join_directions([jnp.concatenate([piece[d] for piece in pieces] + tail)
-                            for d in range(D)], lengths)                  # [T, B, D*H_out]
+    out = reading.join([jnp.concatenate([piece[d] for piece in pieces] + tail)
+                        for d in range(D)], lengths)                      # [T, B, D*H_out]
     if sort_rows:
-        out = _permute_rows(out, inv, perm)
-        carry = tuple(_permute_rows(c, inv, perm) for c in carry)
+        out = _permute_rows(out, inv)
+        carry = tuple(_permute_rows(c, inv) for c in carry)
     return out, carry
 
 
@@ -463,18 +512,17 @@ def run_segment_layer(mode: str, params: Mapping[str, jax.Array], layer: int, nu
     def steps(per_segment: jax.Array) -> jax.Array:                       # [D, B, S, F] -> [T, D, B, F]
         return jnp.stack([per_step(per_segment[d], ids[d]) for d in range(D)], axis=1)
 
-    xs = (x,) if D == 1 else (x, reverse_within_length(x, lengths))
-    valid = jnp.arange(T)[:, None] < lengths[None, :]
+    reading = Reading.of(x, lengths, D, within_length=False)
     starts = jnp.stack([sequence_starts(i) for i in ids], axis=1)         # [T, D, B]
     inits = None if zero_init else tuple(steps(c) for c in init)
     if state_mask is not None:
         state_mask = steps(jnp.broadcast_to(state_mask, (D, B, S, H_out)))
-    carry0 = tuple(jnp.zeros((D, B, c.shape[-1]), x.dtype) for c in init)
-    outs, _, states = masked_scan(CELLS[mode], unroll, compute_dtype, xs, valid, carry0, w, p,
-                                  state_mask, starts, inits)
+    carry0 = tuple(jnp.zeros_like(x, shape=(D, B, c.shape[-1])) for c in init)
+    outs, _, states = masked_scan(CELLS[mode], unroll, compute_dtype, reading.xs, reading.valid,
+                                  carry0, w, p, state_mask, starts, inits)
     present = (segments.sizes > 0)[None, :, :, None]                      # [1, B, S, 1]
     last = [segments.last_steps(d) for d in range(D)]
     finals = [jnp.stack([take_steps(outs[d], last[d]) for d in range(D)])]
     finals += [jnp.stack([take_steps(s[:, d], last[d]) for d in range(D)]) for s in states]
     finals = tuple(jnp.where(present, f, i) for f, i in zip(finals, init))
-    return _join_directions(outs, lengths), finals
+    return reading.join(outs, lengths), finals

@@ -35,7 +35,6 @@ import jax.numpy as jnp
 import numpy as np
 from jax.experimental import checkify
 
-from jaxseq.masking import reverse_within_length
 from jaxseq.validation import check_size, is_concrete, traced_policy
 
 _LAYOUT_RULE = ("each row must hold segments 1, 2, ..., k as contiguous runs starting at t = 0, "
@@ -140,15 +139,15 @@ class SegmentLayout(NamedTuple):
         return self.sizes.shape[1]
 
     def scan_ids(self, direction: int) -> jax.Array:
-        """``[T, B]`` ids in the order direction ``direction`` reads the row (1: reversed within
-        the row's valid steps, which reverses each segment and their order)."""
-        return self.ids if direction == 0 else reverse_within_length(self.ids, self.row_lengths)
+        """``[T, B]`` ids in the order direction ``direction`` reads the row (1: time-flipped,
+        which reads each segment backwards and the segments in reverse order)."""
+        return self.ids if direction == 0 else jnp.flip(self.ids, 0)
 
     def last_steps(self, direction: int) -> jax.Array:
         """``int32 [B, S]``: the scan position of each segment's final step in ``direction``."""
         if direction == 0:
             return jnp.maximum(self.starts + self.sizes - 1, 0)
-        return jnp.maximum(self.row_lengths[:, None] - 1 - self.starts, 0)
+        return self.ids.shape[0] - 1 - self.starts
 
 
 def segment_layout(ids: jax.Array, max_segments: int) -> SegmentLayout:

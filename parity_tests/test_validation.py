@@ -68,7 +68,7 @@ BAD_INPUTS = [
     ("x integer dtype", lambda: LSTM(jnp.zeros((T, B, I), jnp.int32)), TypeError,
      "input must have a floating dtype, got int32"),
     ("x T = 0", lambda: LSTM(jnp.zeros((0, B, I)), jnp.array([0, 0])), ValueError,
-     "at least one time step and one batch row, got shape (0, 2, 3)"),
+     "Expected sequence length to be larger than 0 in RNN, got input of shape (0, 2, 3)"),
     ("x python list", lambda: LSTM([[0.0] * I]), ValueError, "got list"),
     # --- hx -----------------------------------------------------------------------------------
     ("h_0 wrong batch", lambda: LSTM(X, hx=(jnp.zeros((1, 3, H)), H0)), ValueError,
