@@ -8,7 +8,7 @@ TORCH_SPEC ?= torch==2.13.0
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.jaxseq-installed
 
-.PHONY: install demo test test-slow report bench clean
+.PHONY: install demo test test-slow report bench lint docs clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -21,19 +21,30 @@ install: $(STAMP)
 
 demo: $(STAMP)
 	$(PY) examples/word_language.py --quick
-	$(PY) -m parity_tests.report --dtype float32
+	$(VENV)/bin/jaxseq-parity --dtype float32
 
 test: $(STAMP)
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q -n auto
 
 test-slow: $(STAMP)
-	JAXSEQ_SLOW=1 $(PY) -m pytest -q
+	JAXSEQ_SLOW=1 $(PY) -m pytest -q -n auto
 
 report: $(STAMP)
-	$(PY) -m parity_tests.report
+	$(VENV)/bin/jaxseq-parity
 
 bench: $(STAMP)
 	$(PY) -m benchmarks.run
 
+lint: $(STAMP)
+	$(VENV)/bin/ruff check jaxseq torch_ref
+	$(VENV)/bin/mypy
+
+# The site is built from copies: the README becomes the home page (its links to docs/ rewritten).
+docs: $(STAMP)
+	rm -rf build/docs-src && mkdir -p build/docs-src
+	sed -e 's#](docs/##g' README.md > build/docs-src/index.md
+	cp docs/porting.md docs/benchmarks.md docs/api.md CHANGELOG.md LICENSE build/docs-src/
+	$(VENV)/bin/mkdocs build --strict
+
 clean:
-	rm -rf $(VENV) .pytest_cache .hypothesis *.egg-info
+	rm -rf $(VENV) .pytest_cache .hypothesis *.egg-info build

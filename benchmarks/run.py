@@ -155,7 +155,8 @@ def ratio_table(rows: Sequence[dict]) -> list[str]:
 
 #: jaxseq options timed by ``--ablations`` (default: time_chunks=6, unroll=1, float32 matmuls).
 ABLATIONS = [dict(time_chunks=1), dict(time_chunks=2), dict(time_chunks=4), {}, dict(time_chunks=8),
-             dict(unroll=2), dict(compute_dtype=jnp.bfloat16)]
+             dict(unroll=2), dict(compute_dtype=jnp.bfloat16), dict(forward_mode=True),
+             dict(time_chunks=1, forward_mode=True)]
 
 
 def _option_name(options: dict) -> str:

@@ -24,9 +24,15 @@ Public API (the README has the torch -> jaxseq map):
 """
 from jaxseq import data, decoding, export, functional, init, layout, segments
 from jaxseq.cells import GRUCell, LSTMCell, RNNCell
-from jaxseq.decoding import (attention_weights, beam_search, dot_attention, greedy_decode,
-                             reorder_state, teacher_forcing)
 from jaxseq.data import bucket_by_length, pack_rows
+from jaxseq.decoding import (
+                             attention_weights,
+                             beam_search,
+                             dot_attention,
+                             greedy_decode,
+                             reorder_state,
+                             teacher_forcing,
+)
 from jaxseq.dropout import EmbeddingDropout, LockedDropout, embedding_dropout, keep_mask
 from jaxseq.interop import load_torch_state_dict, torch_state_dict
 from jaxseq.losses import masked_cross_entropy, masked_l1, masked_mse
@@ -34,24 +40,64 @@ from jaxseq.masking import last_valid, length_mask, reverse_padded
 from jaxseq.padding import pad_sequence, unpad_sequence
 from jaxseq.pooling import masked_max, masked_mean, masked_sum
 from jaxseq.recurrent import GRU, LSTM, RNN, RecurrentBase
-from jaxseq.segments import (segment_broadcast, segment_last, segment_lengths, segment_max,
-                             segment_mean, segment_sum)
+from jaxseq.segments import (
+                             segment_broadcast,
+                             segment_last,
+                             segment_lengths,
+                             segment_max,
+                             segment_mean,
+                             segment_sum,
+)
 from jaxseq.validation import check_lengths, checked
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"
 
 __all__ = [
-    "LSTM", "GRU", "RNN", "RecurrentBase", "LSTMCell", "GRUCell", "RNNCell",
-    "functional", "init", "layout", "data", "segments", "decoding", "export",
-    "attention_weights", "dot_attention", "teacher_forcing", "greedy_decode", "beam_search",
-    "reorder_state",
-    "bucket_by_length", "pack_rows",
-    "segment_last", "segment_sum", "segment_mean", "segment_max", "segment_lengths",
-    "segment_broadcast",
-    "load_torch_state_dict", "torch_state_dict",
-    "pad_sequence", "unpad_sequence", "length_mask", "reverse_padded", "last_valid",
-    "masked_sum", "masked_mean", "masked_max",
-    "masked_cross_entropy", "masked_mse", "masked_l1",
-    "LockedDropout", "EmbeddingDropout", "embedding_dropout", "keep_mask",
-    "check_lengths", "checked",
+                             "GRU",
+                             "LSTM",
+                             "RNN",
+                             "EmbeddingDropout",
+                             "GRUCell",
+                             "LSTMCell",
+                             "LockedDropout",
+                             "RNNCell",
+                             "RecurrentBase",
+                             "attention_weights",
+                             "beam_search",
+                             "bucket_by_length",
+                             "check_lengths",
+                             "checked",
+                             "data",
+                             "decoding",
+                             "dot_attention",
+                             "embedding_dropout",
+                             "export",
+                             "functional",
+                             "greedy_decode",
+                             "init",
+                             "keep_mask",
+                             "last_valid",
+                             "layout",
+                             "length_mask",
+                             "load_torch_state_dict",
+                             "masked_cross_entropy",
+                             "masked_l1",
+                             "masked_max",
+                             "masked_mean",
+                             "masked_mse",
+                             "masked_sum",
+                             "pack_rows",
+                             "pad_sequence",
+                             "reorder_state",
+                             "reverse_padded",
+                             "segment_broadcast",
+                             "segment_last",
+                             "segment_lengths",
+                             "segment_max",
+                             "segment_mean",
+                             "segment_sum",
+                             "segments",
+                             "teacher_forcing",
+                             "torch_state_dict",
+                             "unpad_sequence",
 ]

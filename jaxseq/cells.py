@@ -11,7 +11,7 @@ Parameters have torch's names and shapes: ``weight_ih [G, I]``, ``weight_hh [G, 
 """
 from __future__ import annotations
 
-from typing import Any, Optional
+from typing import Any
 
 import jax
 import jax.numpy as jnp

@@ -18,9 +18,11 @@ and the set of shapes is fixed (one per bucket, plus one per bucket for a last p
 from __future__ import annotations
 
 from collections.abc import Iterable, Iterator, Sequence
-from typing import NamedTuple, Optional
+from typing import Any, NamedTuple, Optional
 
 import numpy as np
+
+from jaxseq.validation import host_array
 
 
 class Batch(NamedTuple):
@@ -30,17 +32,20 @@ class Batch(NamedTuple):
     padded_length: int    # >= the length of every member
 
 
-def _host_lengths(lengths: Sequence[int]) -> np.ndarray:
-    lengths = np.asarray(lengths)
-    if lengths.ndim != 1 or not np.issubdtype(lengths.dtype, np.integer):
-        raise ValueError(f"lengths must be a 1-D integer sequence, got {lengths.dtype} "
-                         f"{lengths.shape}")
-    if lengths.size and lengths.min() < 0:
-        raise ValueError(f"lengths must be >= 0, found {int(lengths.min())}")
-    return lengths
+def _host_lengths(lengths: Sequence[int] | np.ndarray) -> np.ndarray:
+    values = host_array(lengths, "lengths")
+    if values.size == 0:          # an empty list is float to numpy
+        values = values.astype(np.int64)
+    if values.ndim != 1 or not np.issubdtype(values.dtype, np.integer):
+        raise ValueError(f"lengths must be a 1-D integer sequence, got {values.dtype} "
+                         f"{values.shape}")
+    if values.size and values.min() < 0:
+        raise ValueError(f"lengths must be >= 0, found {int(values.min())}")
+    return values
 
 
-def bucket_boundaries(lengths: Sequence[int], num_buckets: int, multiple: int = 1) -> tuple[int, ...]:
+def bucket_boundaries(lengths: Sequence[int] | np.ndarray, num_buckets: int,
+                      multiple: int = 1) -> tuple[int, ...]:
     """The (at most) ``num_buckets`` upper boundaries that minimise the total padding.
 
     Padding every example to its bucket's boundary, the total padding is
@@ -53,14 +58,14 @@ def bucket_boundaries(lengths: Sequence[int], num_buckets: int, multiple: int = 
     >>> bucket_boundaries([1, 2, 3, 4, 5, 6, 7, 100], num_buckets=3, multiple=4)
     (4, 8, 100)
     """
-    lengths = _host_lengths(lengths)
+    lens = _host_lengths(lengths)
     if num_buckets < 1 or multiple < 1:
         raise ValueError(f"num_buckets and multiple must be >= 1, got {num_buckets}, {multiple}")
-    if not lengths.size:
+    if not lens.size:
         return ()
-    rounded = -(-np.maximum(lengths, 1) // multiple) * multiple
+    rounded = -(-np.maximum(lens, 1) // multiple) * multiple
     values, counts = np.unique(rounded, return_counts=True)
-    sums = np.bincount(np.searchsorted(values, rounded), weights=lengths, minlength=len(values))
+    sums = np.bincount(np.searchsorted(values, rounded), weights=lens, minlength=len(values))
     n_before = np.concatenate([[0], np.cumsum(counts)])       # examples in values[:j]
     s_before = np.concatenate([[0], np.cumsum(sums)])
     # cost[j]: least padding of values[:j] with the buckets so far, the last bound at values[j-1].
@@ -112,18 +117,18 @@ def bucket_by_length(lengths: Sequence[int], batch_size: int, *,
     Raises:
       ValueError: bad ``batch_size`` or ``boundaries``, or a length above the last boundary.
     """
-    lengths = _host_lengths(lengths)
+    lens = _host_lengths(lengths)
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-    bounds = np.asarray(bucket_boundaries(lengths, num_buckets) if boundaries is None
+    bounds = np.asarray(bucket_boundaries(lens, num_buckets) if boundaries is None
                         else boundaries, dtype=np.int64)
     if bounds.ndim != 1 or np.any(np.diff(bounds) <= 0):
         raise ValueError(f"boundaries must be strictly increasing, got {bounds.tolist()}")
-    if lengths.size and (not bounds.size or lengths.max() > bounds[-1]):
-        raise ValueError(f"a length of {int(lengths.max())} exceeds the last boundary "
+    if lens.size and (not bounds.size or lens.max() > bounds[-1]):
+        raise ValueError(f"a length of {int(lens.max())} exceeds the last boundary "
                          f"{bounds[-1] if bounds.size else None}")
     rng = np.random.default_rng(seed)
-    bucket_of = np.searchsorted(bounds, lengths, side="left")
+    bucket_of = np.searchsorted(bounds, lens, side="left")
     batches = []
     for bucket, bound in enumerate(bounds.tolist()):
         members = np.flatnonzero(bucket_of == bucket)
@@ -139,20 +144,20 @@ def bucket_by_length(lengths: Sequence[int], batch_size: int, *,
 def random_batches(lengths: Sequence[int], batch_size: int, *, shuffle: bool = True,
                    seed: int = 0, drop_last: bool = False) -> Iterator[Batch]:
     """The usual baseline: random batches, each padded to its own longest member."""
-    lengths = _host_lengths(lengths)
-    order = np.random.default_rng(seed).permutation(len(lengths)) if shuffle else np.arange(len(lengths))
+    lens = _host_lengths(lengths)
+    order = np.random.default_rng(seed).permutation(len(lens)) if shuffle else np.arange(len(lens))
     stop = len(order) - len(order) % batch_size if drop_last else len(order)
     for i in range(0, stop, batch_size):
         members = order[i:i + batch_size]
-        yield Batch(members, int(lengths[members].max()))
+        yield Batch(members, int(lens[members].max()))
 
 
 def padding_fraction(lengths: Sequence[int], batches: Iterable[Batch]) -> float:
     """Fraction of padded row-steps: ``1 - valid tokens / sum(rows * padded_length)``."""
-    lengths = _host_lengths(lengths)
+    lens = _host_lengths(lengths)
     valid = padded = 0
     for batch in batches:
-        valid += int(lengths[batch.indices].sum())
+        valid += int(lens[batch.indices].sum())
         padded += len(batch.indices) * batch.padded_length
     return 1.0 - valid / padded if padded else 0.0
 
@@ -191,22 +196,22 @@ class RowPacking(NamedTuple):
 
     def _pieces(self, rows: Optional[Sequence[int]]) -> tuple[np.ndarray, np.ndarray]:
         """``(rows, pieces)``: the rows asked for and the pieces in them (batch order, then slot)."""
-        rows = np.arange(self.num_rows) if rows is None else np.asarray(rows, np.int64)
-        if rows.ndim != 1 or (rows.size and (rows.min() < 0 or rows.max() >= self.num_rows)):
-            raise ValueError(f"rows must be a 1-D array of row indices in [0, {self.num_rows}), got "
-                             f"{rows.tolist() if rows.size < 20 else rows.shape}")
+        picked = np.arange(self.num_rows) if rows is None else np.asarray(rows, np.int64)
+        if picked.ndim != 1 or (picked.size and (picked.min() < 0 or picked.max() >= self.num_rows)):
+            raise ValueError(f"picked must be a 1-D array of row indices in [0, {self.num_rows}), got "
+                             f"{picked.tolist() if picked.size < 20 else picked.shape}")
         position = np.full(self.num_rows, -1)
-        position[rows] = np.arange(len(rows))
+        position[picked] = np.arange(len(picked))
         pieces = np.flatnonzero(position[self.row] >= 0)
         order = np.lexsort((self.segment[pieces], position[self.row[pieces]]))
-        return rows, pieces[order]
+        return picked, pieces[order]
 
     def segment_ids(self, rows: Optional[Sequence[int]] = None) -> np.ndarray:
         """``int32 [len(rows), row_length]`` segment ids of the given rows (default: all)."""
-        rows, pieces = self._pieces(rows)
+        picked, pieces = self._pieces(rows)
         position = np.empty(self.num_rows, np.int64)
-        position[rows] = np.arange(len(rows))
-        ids = np.zeros((len(rows), self.row_length), np.int32)
+        position[picked] = np.arange(len(picked))
+        ids = np.zeros((len(picked), self.row_length), np.int32)
         for p in pieces:
             b, o = position[self.row[p]], self.offset[p]
             ids[b, o:o + self.length[p]] = self.segment[p]
@@ -219,12 +224,12 @@ class RowPacking(NamedTuple):
         Use it for the inputs and for per-token targets alike (e.g. next-token ids); padding
         steps hold ``padding_value``.
         """
-        rows, pieces = self._pieces(rows)
+        picked, pieces = self._pieces(rows)
         self._check_sequences(sequences)
         first = np.asarray(sequences[int(self.source[pieces[0]])]) if pieces.size else np.zeros(0)
-        out = np.full((len(rows), self.row_length) + first.shape[1:], padding_value, first.dtype)
+        out = np.full((len(picked), self.row_length) + first.shape[1:], padding_value, first.dtype)
         position = np.empty(self.num_rows, np.int64)
-        position[rows] = np.arange(len(rows))
+        position[picked] = np.arange(len(picked))
         for p in pieces:
             seq = np.asarray(sequences[int(self.source[p])])
             b, o, n, s = position[self.row[p]], self.offset[p], self.length[p], self.start[p]
@@ -239,10 +244,10 @@ class RowPacking(NamedTuple):
         ``jaxseq.segment_lengths(ids, S) > 0``).
         """
         values = np.asarray(values)
-        rows, pieces = self._pieces(rows)
+        picked, pieces = self._pieces(rows)
         position = np.empty(self.num_rows, np.int64)
-        position[rows] = np.arange(len(rows))
-        out = np.full((len(rows), self.max_segments) + values.shape[1:], fill, values.dtype)
+        position[picked] = np.arange(len(picked))
+        out = np.full((len(picked), self.max_segments) + values.shape[1:], fill, values.dtype)
         out[position[self.row[pieces]], self.segment[pieces] - 1] = values[self.source[pieces]]
         return out
 
@@ -261,16 +266,16 @@ class RowPacking(NamedTuple):
           them. ``values[np.argsort(pieces)]``-style reordering is not needed: they are sorted.
         """
         per_segment = np.asarray(per_segment)
-        rows, pieces = self._pieces(rows)
-        if per_segment.ndim < 2 or per_segment.shape[0] != len(rows):
-            raise ValueError(f"per_segment must be [len(rows)={len(rows)}, S, ...], got "
+        picked, pieces = self._pieces(rows)
+        if per_segment.ndim < 2 or per_segment.shape[0] != len(picked):
+            raise ValueError(f"per_segment must be [len(picked)={len(picked)}, S, ...], got "
                              f"{per_segment.shape}")
         need = int(self.segment[pieces].max(initial=0))
         if per_segment.shape[1] < need:
-            raise ValueError(f"per_segment has {per_segment.shape[1]} segment slots, but these rows "
+            raise ValueError(f"per_segment has {per_segment.shape[1]} segment slots, but these picked "
                              f"hold up to {need} segments")
         position = np.empty(self.num_rows, np.int64)
-        position[rows] = np.arange(len(rows))
+        position[picked] = np.arange(len(picked))
         order = np.argsort(pieces)
         pieces = pieces[order]
         return pieces, per_segment[position[self.row[pieces]], self.segment[pieces] - 1]
@@ -324,33 +329,34 @@ def pack_rows(lengths: Sequence[int], row_length: int, *, max_segments: Optional
     >>> packing.segment_ids().tolist()
     [[1, 1, 1, 1, 1], [1, 1, 1, 1, 2], [1, 1, 1, 2, 2]]
     """
-    lengths = _host_lengths(lengths)
+    lens = _host_lengths(lengths)
     if isinstance(row_length, bool) or not isinstance(row_length, (int, np.integer)) or row_length < 1:
         raise ValueError(f"row_length must be an integer >= 1, got {row_length!r}")
     if max_segments is not None and (not isinstance(max_segments, (int, np.integer))
                                      or max_segments < 1):
         raise ValueError(f"max_segments must be an integer >= 1 or None, got {max_segments!r}")
-    too_long = np.flatnonzero(lengths > row_length)
+    too_long = np.flatnonzero(lens > row_length)
     if too_long.size and not split_long:
-        raise ValueError(f"sequence {int(too_long[0])} has length {int(lengths[too_long[0]])} > "
+        raise ValueError(f"sequence {int(too_long[0])} has length {int(lens[too_long[0]])} > "
                          f"row_length={row_length} ({too_long.size} sequences are too long); use a "
                          "longer row_length, or split_long=True to cut them into independent pieces")
-    source, start, size = [], [], []
-    for i, n in enumerate(lengths.tolist()):
-        for s in range(0, n, row_length):
-            source.append(i), start.append(s), size.append(min(row_length, n - s))
-    source, start, size = (np.asarray(a, np.int64) for a in (source, start, size))
+    pieces = [(i, s, min(row_length, n - s)) for i, n in enumerate(lens.tolist())
+              for s in range(0, n, row_length)]
+    source, start, size = (np.asarray([p[k] for p in pieces], np.int64).reshape(-1)
+                           for k in range(3))
     cap = max_segments or row_length
     # rooms[r]: rows with r free steps that can take another segment (best fit: smallest r >= n)
     rooms: list[list[int]] = [[] for _ in range(row_length + 1)]
-    used, segments = [], []
+    used: list[int] = []
+    segments: list[int] = []
     row = np.zeros(len(size), np.int64)
     slot, offset = np.zeros_like(row), np.zeros_like(row)
     for p in np.argsort(-size, kind="stable"):
         n = int(size[p])
         r = next((r for r in range(n, row_length + 1) if rooms[r]), None)
         if r is None:
-            used.append(0), segments.append(0)
+            used.append(0)
+            segments.append(0)
             b = len(used) - 1
         else:
             b = rooms[r].pop()

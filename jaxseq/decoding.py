@@ -14,7 +14,8 @@ NNX modules can be called inside these functions (closures that read parameters 
 """
 from __future__ import annotations
 
-from typing import Any, Callable, NamedTuple, Optional
+from collections.abc import Callable
+from typing import Any, NamedTuple, Optional
 
 import jax
 import jax.numpy as jnp

@@ -14,8 +14,8 @@ checked exactly against torch with the same mask; see ``torch_ref.dropout`` for 
 from __future__ import annotations
 
 import numbers
-
-from typing import Any, Optional, Sequence
+from collections.abc import Sequence
+from typing import Any, Optional
 
 import jax
 import jax.numpy as jnp
@@ -136,7 +136,8 @@ class LockedDropout(nnx.Module):
 
 def _is_key(a: jax.Array) -> bool:
     """A typed PRNG key, or a raw ``uint32[2]`` key."""
-    return jax.dtypes.issubdtype(a.dtype, jax.dtypes.prng_key) or (a.dtype == jnp.uint32 and a.shape == (2,))
+    typed = jax.dtypes.issubdtype(a.dtype, jax.dtypes.prng_key)
+    return typed or (a.dtype == jnp.uint32 and a.shape == (2,))
 
 
 def _embedding_mask(key_or_mask: jax.Array, num_embeddings: int, rate: float, dtype: jnp.dtype
@@ -225,7 +226,8 @@ class EmbeddingDropout(nnx.Module):
                  rngs: nnx.Rngs | nnx.RngStream | jax.Array | None = None) -> jax.Array:
         out = self.embed(inputs)
         if mask is None:
-            deterministic = first_from(deterministic, self.deterministic, error_msg="deterministic not set")
+            deterministic = first_from(deterministic, self.deterministic,
+                                       error_msg="deterministic not set")
             if deterministic or self.rate == 0:
                 return out
             mask = _key_from(first_from(rngs, self.rngs,

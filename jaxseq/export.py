@@ -26,7 +26,8 @@ plain masked scan runs); ``max_segments`` of packed rows is baked in. :func:`jax
 """
 from __future__ import annotations
 
-from typing import Any, Callable, Optional, Sequence
+from collections.abc import Callable, Sequence
+from typing import Any, Optional
 
 import jax
 from flax import nnx

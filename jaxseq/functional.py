@@ -28,17 +28,19 @@ Example:
 """
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from functools import partial
-from typing import Any, Mapping, Optional, Sequence, Union
+from typing import Any, Optional, Union
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.typing import ArrayLike
 
 from jaxseq.gates import CELLS
 from jaxseq.layout import Structure, infer_cell, infer_structure
 from jaxseq.scan import Staircase, layer_weights, run_layer, run_segment_layer, staircase
-from jaxseq.segments import check_segment_ids, segment_layout
+from jaxseq.segments import SegmentLayout, check_segment_ids, segment_layout
 from jaxseq.validation import check_floating, check_lengths, check_size, is_concrete
 
 Params = Mapping[str, jax.Array]
@@ -107,7 +109,8 @@ def _per_layer(masks: Optional[Sequence[Any]], count: int, what: str) -> list[An
         return [None] * count
     masks = list(masks)
     if len(masks) != count:
-        raise ValueError(f"{what}: expected {count} masks (one per layer{' boundary' if what == 'dropout_masks' else ''}), "
+        per = "one per layer boundary" if what == "dropout_masks" else "one per layer"
+        raise ValueError(f"{what}: expected {count} masks ({per}), "
                          f"got {len(masks)}")
     return masks
 
@@ -144,28 +147,28 @@ def _schedule(time_chunks: Union[int, Staircase], host_lengths: Optional[np.ndar
 
     ``host_lengths`` are the validated lengths when concrete, ``None`` when traced or absent.
     """
-    concrete = host_lengths is not None
     if isinstance(time_chunks, Staircase):
-        if concrete and not time_chunks.covers(host_lengths):
+        if host_lengths is not None and not time_chunks.covers(host_lengths):
             raise ValueError(f"time_chunks {time_chunks} does not cover the given lengths (every row "
                              "active at a chunk's start must be among its rows)")
         return time_chunks
     if isinstance(time_chunks, bool) or not isinstance(time_chunks, int) or time_chunks < 1:
         raise ValueError(f"time_chunks must be an integer >= 1 or a Staircase, got {time_chunks!r}")
-    if time_chunks == 1 or not concrete:
+    if time_chunks == 1 or host_lengths is None:
         return None
     plan = staircase(host_lengths, T, time_chunks)
     return None if plan.padded_steps() == B * T else plan
 
 
-def recurrent(mode: str, params: Params, x: jax.Array, lengths: Optional[jax.Array] = None,
-              hx: Any = None, *, segment_ids: Optional[jax.Array] = None,
+def recurrent(mode: str, params: Params, x: jax.Array, lengths: Optional[ArrayLike] = None,
+              hx: Any = None, *, segment_ids: Optional[ArrayLike] = None,
               max_segments: Optional[int] = None, batch_first: bool = False,
               dropout_masks: Optional[Sequence[Optional[jax.Array]]] = None,
               state_masks: Optional[Sequence[Optional[jax.Array]]] = None,
               weight_hh_masks: Optional[Sequence[Optional[jax.Array]]] = None,
               unroll: int = 1, time_chunks: Union[int, Staircase] = DEFAULT_TIME_CHUNKS,
-              compute_dtype: Optional[Any] = None) -> tuple[jax.Array, Any]:
+              compute_dtype: Optional[Any] = None,
+              forward_mode: bool = False) -> tuple[jax.Array, Any]:
     """Run a torch-compatible recurrent stack over a padded batch, or over packed rows.
 
     Args:
@@ -205,6 +208,12 @@ def recurrent(mode: str, params: Params, x: jax.Array, lengths: Optional[jax.Arr
         for the operands of every matmul, e.g. ``jnp.bfloat16`` (mixed precision: products are
         accumulated in, and the cell math, states, outputs and gradients stay in, the parameter
         dtype). Accuracy against float32 is measured in ``docs/benchmarks.md``.
+      forward_mode: ``False`` (default): the backward pass is hand-written, the fastest reverse
+        mode (``jax.grad``, ``vjp``, grad of grad, ``vmap``, remat...), but forward-mode AD raises
+        JAX's "can't apply forward-mode autodiff (jvp) to a custom_vjp function". ``True``: a
+        custom JVP instead, so ``jax.jvp``, ``jacfwd``, ``linearize``, ``hessian`` and
+        forward-over-reverse work too; reverse mode is then JAX's transpose of that JVP, which
+        costs more (measured in ``docs/benchmarks.md``). Results are the same either way.
 
     Returns:
       ``(output, (h_n, c_n))`` for LSTM, ``(output, h_n)`` otherwise; shapes as in the module docs.
@@ -228,22 +237,23 @@ def recurrent(mode: str, params: Params, x: jax.Array, lengths: Optional[jax.Arr
             raise ValueError("`lengths` must be None for unbatched input [T, input_size]")
         x = x[:, None]
         if packed:
-            if jnp.ndim(segment_ids) != 1:
+            ids_1d = jnp.asarray(segment_ids)
+            if ids_1d.ndim != 1:
                 raise ValueError(f"`segment_ids` must have shape [T] for unbatched input [T, "
-                                 f"input_size], got {jnp.shape(segment_ids)}")
-            segment_ids = jnp.asarray(segment_ids)[:, None]
+                                 f"input_size], got {ids_1d.shape}")
+            segment_ids = ids_1d[:, None]
     elif batch_first:
         x = jnp.swapaxes(x, 0, 1)
     T, B = x.shape[0], x.shape[1]
-    segments = None
-    if packed:
+    segments: Optional[SegmentLayout] = None
+    plan: Optional[Staircase] = None
+    if segment_ids is not None:
         ids, max_segments = check_segment_ids(segment_ids, T, B, max_segments,
                                               batch_first=batch_first and not unbatched)
         segments = segment_layout(ids, max_segments)
         lengths = segments.row_lengths
         if isinstance(time_chunks, Staircase):
             raise ValueError("a Staircase schedule does not apply to packed rows (`segment_ids`)")
-        plan = None
     else:
         host_lengths = None if lengths is None or not is_concrete(lengths) else np.asarray(lengths)
         lengths = (jnp.full((B,), T, jnp.int32) if lengths is None
@@ -263,8 +273,9 @@ def recurrent(mode: str, params: Params, x: jax.Array, lengths: Optional[jax.Arr
             for m in _per_layer(dropout_masks, L - 1, "dropout_masks")]
     _check_broadcast(drop, (T, B, D * H_out), "dropout_masks", "[T, B, D*H_out], time-major")
     smasks = _per_layer(state_masks, L, "state_masks")
-    if packed:
-        _check_broadcast(smasks, (D, B, max_segments, H_out), "state_masks", "[D, B, S, H_out]")
+    if segments is not None:
+        _check_broadcast(smasks, (D, B, segments.max_segments, H_out), "state_masks",
+                         "[D, B, S, H_out]")
     else:
         _check_broadcast(smasks, (D, B, H_out), "state_masks", "[D, B, H_out]")
     wmasks = _per_layer(weight_hh_masks, L, "weight_hh_masks")
@@ -279,8 +290,8 @@ def recurrent(mode: str, params: Params, x: jax.Array, lengths: Optional[jax.Arr
     for layer in range(L):
         carry0 = tuple(h[layer * D:(layer + 1) * D] for h in state)
         options = dict(state_mask=smasks[layer], weight_hh_mask=wmasks[layer], unroll=unroll,
-                       compute_dtype=compute_dtype)
-        if packed:
+                       compute_dtype=compute_dtype, forward_mode=bool(forward_mode))
+        if segments is not None:
             layer_in, carry = run_segment_layer(mode, params, layer, D, layer_in, segments, carry0,
                                                 zero_init=hx is None, **options)
         else:

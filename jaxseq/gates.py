@@ -15,7 +15,8 @@ The first element of the returned carry is the step's output ``h_t``.
 """
 from __future__ import annotations
 
-from typing import Callable, NamedTuple, Optional
+from collections.abc import Callable
+from typing import NamedTuple, Optional
 
 import jax
 import jax.numpy as jnp

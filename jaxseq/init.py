@@ -14,7 +14,8 @@ dtype=float32) -> {torch name: array}``, so one can be passed to the modules as
 from __future__ import annotations
 
 import math
-from typing import Callable, Union
+from collections.abc import Callable
+from typing import Union
 
 import jax
 import jax.numpy as jnp
@@ -129,7 +130,8 @@ def initialize(init: Union[str, Initializer], key: jax.Array, structure: Structu
     """
     if isinstance(init, str):
         if init not in INITIALIZERS:
-            raise ValueError(f"Unknown init {init!r}; expected one of {sorted(INITIALIZERS)} or a callable")
+            raise ValueError(f"Unknown init {init!r}; expected one of {sorted(INITIALIZERS)} or a "
+                             "callable")
         init = INITIALIZERS[init]
     elif not callable(init):
         raise ValueError(f"init must be a name in {sorted(INITIALIZERS)} or a callable, got {init!r}")

@@ -80,9 +80,10 @@ def _slots(model: nnx.Module) -> dict[str, _Slot]:
                 seen.add(id(getattr(node, name)))
             return
         rule = next((r for cls, r in rules.items() if type(node) is cls), None)
-        children = (list(enumerate(node)) if isinstance(node, (list, tuple, nnx.List))
-                    else sorted(node.items()) if isinstance(node, dict)
-                    else vars(node).items() if isinstance(node, nnx.Module) else [])
+        children: list[tuple[Any, Any]] = (
+            list(enumerate(node)) if isinstance(node, (list, tuple, nnx.List))
+            else sorted(node.items()) if isinstance(node, dict)
+            else list(vars(node).items()) if isinstance(node, nnx.Module) else [])
         for name, child in children:
             if isinstance(child, nnx.Param):
                 if id(child) in seen:
@@ -95,7 +96,8 @@ def _slots(model: nnx.Module) -> dict[str, _Slot]:
                     torch_name, transpose = rule[name]
                     slots[key(torch_name)] = _Slot(child, transpose)
                 elif type(node).__module__.startswith("flax.nnx.nn."):   # Conv, BatchNorm...
-                    raise TypeError(f"{type(node).__name__} at {'.'.join(map(str, path)) or 'the top'!r} "
+                    where = ".".join(map(str, path)) or "the top"
+                    raise TypeError(f"{type(node).__name__} at {where!r} "
                                     "has no torch mapping (supported: jaxseq layers and cells, "
                                     "nnx.Linear, nnx.Embed, nnx.LayerNorm, custom modules' own Params)")
                 else:

@@ -1,7 +1,8 @@
 """torch's parameter naming and shapes for ``nn.LSTM`` / ``nn.GRU`` / ``nn.RNN``.
 
 Parameters are kept in a flat dict keyed exactly like ``torch.nn.LSTM(...).state_dict()``:
-``weight_ih_l{k}{suffix}``, ``weight_hh_l{k}{suffix}``, ``bias_ih_l{k}{suffix}``, ``bias_hh_l{k}{suffix}``
+``weight_ih_l{k}{suffix}``, ``weight_hh_l{k}{suffix}``, ``bias_ih_l{k}{suffix}``,
+``bias_hh_l{k}{suffix}``
 and, for an LSTM with ``proj_size > 0``, ``weight_hr_l{k}{suffix}``, with ``suffix`` ``""`` (forward) or
 ``"_reverse"``. Shapes (``G = gates * H``, ``H_out = proj_size or H``, ``D`` directions):
 
@@ -16,7 +17,8 @@ and, for an LSTM with ``proj_size > 0``, ``weight_hr_l{k}{suffix}``, with ``suff
 from __future__ import annotations
 
 import re
-from typing import Mapping, NamedTuple
+from collections.abc import Mapping
+from typing import NamedTuple
 
 #: torch's ``mode`` strings and the number of gate blocks of each cell.
 GATES = {"LSTM": 4, "GRU": 3, "RNN_TANH": 1, "RNN_RELU": 1}
@@ -86,7 +88,7 @@ def infer_structure(mode: str, params: Mapping[str, object]) -> Structure:
         raise ValueError(f"Unknown parameter names {unknown}; expected torch names like 'weight_ih_l0'")
     if "weight_ih_l0" not in params or "weight_hh_l0" not in params:
         raise ValueError("Parameters must contain 'weight_ih_l0' and 'weight_hh_l0'")
-    w_ih0, w_hh0 = params["weight_ih_l0"], params["weight_hh_l0"]
+    w_ih0 = params["weight_ih_l0"]
     gates_rows = w_ih0.shape[0]  # type: ignore[attr-defined]
     if gates_rows % GATES[mode]:
         raise ValueError(f"'weight_ih_l0' has {gates_rows} rows, not a multiple of {GATES[mode]} "
@@ -158,7 +160,8 @@ def cell_param_shapes(mode: str, input_size: int, hidden_size: int, bias: bool =
     {'weight_ih': (12, 3), 'weight_hh': (12, 4), 'bias_ih': (12,), 'bias_hh': (12,)}
     """
     g = GATES[mode] * hidden_size
-    shapes = {"weight_ih": (g, input_size), "weight_hh": (g, hidden_size)}
+    shapes: dict[str, tuple[int, ...]] = {"weight_ih": (g, input_size),
+                                          "weight_hh": (g, hidden_size)}
     if bias:
         shapes.update(bias_ih=(g,), bias_hh=(g,))
     return shapes

@@ -10,6 +10,7 @@ import jax.numpy as jnp
 
 from jaxseq.validation import check_lengths
 
+
 def _time_axis(batch_first: bool) -> int:
     return 1 if batch_first else 0
 

@@ -7,7 +7,8 @@ semantics (packed-sequence parity, zero padding, ``h_n`` layout, zero-length row
 from __future__ import annotations
 
 import warnings
-from typing import Any, Mapping, Optional, Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any, Optional
 
 import jax
 import jax.numpy as jnp
@@ -45,6 +46,9 @@ class RecurrentBase(nnx.Module):
         override it (e.g. with a :class:`jaxseq.scan.Staircase` for traced lengths).
       compute_dtype: ``None`` (default) or the matmul operand dtype, e.g. ``jnp.bfloat16`` for mixed
         precision with float32 parameters and states (see :func:`jaxseq.functional.recurrent`).
+      forward_mode: ``True`` makes forward-mode AD work (``jax.jvp``, ``jacfwd``, ``hessian``...)
+        at some cost in reverse mode; default ``False``, the fastest training step (see
+        :func:`jaxseq.functional.recurrent`).
       init: parameter initializer, a name in :data:`jaxseq.init.INITIALIZERS` (``"torch_default"``,
         the default, or ``"recommended"``: orthogonal gate blocks, zero biases, LSTM forget bias 1) or
         a callable with the signature of :func:`jaxseq.init.torch_default`.
@@ -57,6 +61,7 @@ class RecurrentBase(nnx.Module):
                  weight_drop: float | Mapping[str, float] = 0.0, weight_drop_mode: str = "element",
                  param_dtype: jnp.dtype = jnp.float32, deterministic: bool = True, unroll: int = 1,
                  time_chunks: int = functional.DEFAULT_TIME_CHUNKS, compute_dtype: Any = None,
+                 forward_mode: bool = False,
                  init: str | initializers.Initializer = "torch_default"):
         input_size = check_size(input_size, "input_size")
         hidden_size = check_size(hidden_size, "hidden_size")
@@ -85,6 +90,7 @@ class RecurrentBase(nnx.Module):
         self.unroll = unroll
         self.time_chunks = time_chunks
         self.compute_dtype = compute_dtype
+        self.forward_mode = bool(forward_mode)
         values = initializers.initialize(init, rngs.params(), self.structure, param_dtype)
         for name, value in values.items():
             setattr(self, name, nnx.Param(value))
@@ -117,7 +123,7 @@ class RecurrentBase(nnx.Module):
     # -- dropout masks -----------------------------------------------------------------------
     def _draw_masks(self, x: jax.Array, key: jax.Array,
                     max_segments: Optional[int] = None) -> dict[str, Optional[list]]:
-        s, dtype = self.structure, getattr(self, "weight_ih_l0").dtype
+        s, dtype = self.structure, self.param_dict()["weight_ih_l0"].dtype
         D, L, H_out = s.num_directions, s.num_layers, s.output_size
         k_drop, k_state, k_weight = jax.random.split(key, 3)
         batch_axis = 0 if self.batch_first else 1
@@ -170,7 +176,8 @@ class RecurrentBase(nnx.Module):
         deterministic = first_from(deterministic, self.deterministic, error_msg="deterministic not set")
         if not deterministic and self._max_rate() > 0:
             source = first_from(rngs, self.rngs,
-                                error_msg=f"{self!r} in training mode needs `rngs` to draw dropout masks")
+                                error_msg=f"{self!r} in training mode needs `rngs` to draw "
+                                          "dropout masks")
             functional._check_input(self.structure, x, self.batch_first)  # before drawing masks
             if segment_ids is not None and max_segments is None:
                 max_segments = infer_max_segments(segment_ids)
@@ -180,9 +187,10 @@ class RecurrentBase(nnx.Module):
         return functional.recurrent(self.mode, self.param_dict(), x, lengths, hx,
                                     segment_ids=segment_ids, max_segments=max_segments,
                                     batch_first=self.batch_first, unroll=self.unroll,
-                                    time_chunks=first_from(time_chunks, self.time_chunks,
-                                                           error_msg="time_chunks not set"),
+                                    time_chunks=self.time_chunks if time_chunks is None
+                                    else time_chunks,
                                     compute_dtype=self.compute_dtype,
+                                    forward_mode=self.forward_mode,
                                     **masks)
 
 
@@ -192,7 +200,7 @@ def _weight_drop_rates(weight_drop: float | Mapping[str, float], s: Structure) -
              for d in range(s.num_directions)]
     if not isinstance(weight_drop, Mapping):
         rate = check_rate(weight_drop, "weight_drop")
-        return {name: rate for name in names}
+        return dict.fromkeys(names, rate)
     unknown = sorted(set(weight_drop) - set(names))
     if unknown:
         raise ValueError(f"weight_drop names {unknown} are not recurrent weights of {describe(s)}; "

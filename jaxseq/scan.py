@@ -26,8 +26,9 @@ Performance structure (measurements in ``docs/benchmarks.md``):
 from __future__ import annotations
 
 import math
+from collections.abc import Callable, Mapping, Sequence
 from functools import partial
-from typing import Any, Callable, Mapping, NamedTuple, Optional, Sequence
+from typing import Any, NamedTuple, Optional
 
 import jax
 import jax.numpy as jnp
@@ -39,6 +40,7 @@ from jaxseq.gates import CELLS, Carry, CellParams, gru_cell
 from jaxseq.layout import param_name
 from jaxseq.masking import reverse_within_length
 from jaxseq.segments import SegmentLayout, per_step, sequence_starts, take_steps
+from jaxseq.validation import host_array
 
 
 def _permute_rows(a: jax.Array, perm: jax.Array, axis: int = 1) -> jax.Array:
@@ -115,12 +117,11 @@ def _reset(carry: Carry, start: jax.Array, init: Optional[Carry]) -> Carry:
     return tuple(jnp.where(start, i, c) for c, i in zip(carry, init))
 
 
-@partial(jax.custom_jvp, nondiff_argnums=(0, 1, 2))
-def masked_scan(cell: Callable, unroll: int, compute_dtype: Optional[jnp.dtype],
-                xs: tuple[jax.Array, ...], valid: jax.Array, carry0: Carry, w: LayerWeights,
-                p: CellParams, state_mask: Optional[jax.Array] = None,
-                starts: Optional[jax.Array] = None, inits: Optional[Carry] = None
-                ) -> tuple[tuple[jax.Array, ...], Carry, Carry]:
+def _masked_scan(cell: Callable, unroll: int, compute_dtype: Optional[jnp.dtype],
+                 xs: tuple[jax.Array, ...], valid: jax.Array, carry0: Carry, w: LayerWeights,
+                 p: CellParams, state_mask: Optional[jax.Array] = None,
+                 starts: Optional[jax.Array] = None, inits: Optional[Carry] = None
+                 ) -> tuple[tuple[jax.Array, ...], Carry, Carry]:
     """Run ``cell`` over time with a per-step validity mask, all directions at once.
 
     Args:
@@ -149,13 +150,145 @@ def masked_scan(cell: Callable, unroll: int, compute_dtype: Optional[jnp.dtype],
       where ``valid`` is False; a row's carry does not change there. ``states`` (only with
       ``starts``, else ``()``) holds the carry entries after ``h`` (``c`` for LSTM) after every step,
       ``[S, D, B, H]`` each, from which a packed row's per-sequence final states are read.
-
-    Differentiable in every floating argument, in forward and reverse mode and to any order,
-    through a custom JVP (see the module docstring) whose reverse mode is the fast backward pass.
     """
     carry, (outs, states) = _scan(cell, unroll, compute_dtype, xs, valid, carry0, w, p, state_mask,
                                   starts, inits, residuals=False)
     return outs, carry, states
+
+
+#: The masked scan for reverse mode (the default): a hand-written VJP (:func:`_masked_scan_bwd`).
+#: Reverse-over-reverse works; forward mode does not (use :data:`masked_scan_jvp`).
+masked_scan = jax.custom_vjp(_masked_scan, nondiff_argnums=(0, 1, 2))
+#: The masked scan for every transformation (``forward_mode=True``): a custom JVP whose reverse
+#: mode is its transpose (:func:`_masked_scan_jvp`); forward mode, Hessians and forward-over-reverse
+#: work, and reverse mode costs more than with :data:`masked_scan` (``docs/benchmarks.md``).
+masked_scan_jvp = jax.custom_jvp(_masked_scan, nondiff_argnums=(0, 1, 2))
+masked_scan.__doc__ = masked_scan_jvp.__doc__ = _masked_scan.__doc__
+
+
+def _previous_h(valid: jax.Array, carry0: Carry, outs: Sequence[jax.Array],
+                starts: Optional[jax.Array], inits: Optional[Carry]) -> list[jax.Array]:
+    """``h`` before every step, per direction ``[S, B, H_out]``: the previous step's output where
+    that step was valid, else the initial state (valid steps are contiguous), or the reset state
+    where a packed-row sequence starts. (Invalid steps have zero gradient and never use it.)"""
+    zero = jnp.zeros((), outs[0].dtype)
+    valid_before = jnp.concatenate([jnp.zeros_like(valid[:1]), valid[:-1]])     # [S, D, B]
+    h_prev = [jnp.where(valid_before[:, d, :, None],
+                        jnp.concatenate([carry0[0][d][None], outs[d][:-1]]), carry0[0][d])
+              for d in range(len(outs))]
+    if starts is not None:
+        h_prev = [jnp.where(starts[:, d, :, None], zero if inits is None else inits[0][:, d], h)
+                  for d, h in enumerate(h_prev)]
+    return h_prev
+
+
+def _recurrent_input(h_prev: Sequence[jax.Array], state_mask: Optional[jax.Array]
+                     ) -> list[jax.Array]:
+    """``h_{t-1}`` as it enters ``W_hh`` (after the recurrent-state mask), per direction."""
+    if state_mask is None:
+        return list(h_prev)
+    if _per_step(state_mask):
+        return [h * state_mask[:, d] for d, h in enumerate(h_prev)]
+    return [h * state_mask[d] for d, h in enumerate(h_prev)]
+
+
+def _masked_scan_fwd(cell, unroll, compute_dtype, xs, valid, carry0, w, p, state_mask, starts,
+                     inits):
+    carry, (outs, states, pre) = _scan(cell, unroll, compute_dtype, xs, valid, carry0, w, p,
+                                       state_mask, starts, inits, residuals=True)
+    res = (xs, valid, carry0, w, p, state_mask, starts, inits, outs, states, pre)
+    return (outs, carry, states if starts is not None else ()), res
+
+
+def _masked_scan_bwd(cell, unroll, compute_dtype, res, cts):
+    """The hand-written backward pass: one ``dgates @ W_hh`` per step, gate gradients written over
+    the saved pre-activations (no new buffer), every weight and input gradient a GEMM after."""
+    xs, valid, carry0, w, p, state_mask, starts, inits, outs, states, pre = res
+    d_outs, d_carry, d_states = cts
+    D, summed, per_step_mask = len(xs), _summed(cell), _per_step(state_mask)
+    w_hh = jnp.swapaxes(w.w_hh_t, 1, 2)
+    w_hh = w_hh if compute_dtype is None else w_hh.astype(compute_dtype)
+    zero = jnp.zeros((), xs[0].dtype)
+    h_prev = _previous_h(valid, carry0, outs, starts, inits)
+
+    def body(acc, inputs):
+        # ``buffers`` holds the saved pre-activations (one [S, B, G] array per direction, two for
+        # GRU: xp and hw); step t reads its slice and overwrites it with its gradient, so the
+        # gradient sequences need no new (zero-filled, page-faulted) buffers.
+        d_carry, d_p, d_mask, buffers = acc
+        t, h_prev_t, valid_t, d_out_t, start_t, init_t, d_states_t, mask_t = inputs
+        pre_t = [jnp.stack([lax.dynamic_index_in_dim(b, t, keepdims=False)
+                            for b in buffers[k * D:(k + 1) * D]]) for k in range(len(buffers) // D)]
+        # The other carry entries before step t: the saved state after step t-1 (carry0 at t=0).
+        before = jnp.maximum(t - 1, 0)
+        rest_t = tuple(jnp.where(t == 0, c0, lax.dynamic_index_in_dim(s, before, keepdims=False))
+                       for c0, s in zip(carry0[1:], states))
+        prev_t = (jnp.stack(h_prev_t),) + rest_t
+        if start_t is not None:
+            prev_t = (prev_t[0],) + _reset(rest_t, start_t, None if init_t is None else init_t[1:])
+        if d_states_t:
+            d_carry = (d_carry[0],) + tuple(a + b for a, b in zip(d_carry[1:], d_states_t))
+        keep = valid_t[..., None]                                             # [D, B, 1]
+        d_new = tuple(jnp.where(keep, d, zero) for d in d_carry)
+        d_new = (d_new[0] + jnp.where(keep, jnp.stack(d_out_t), zero),) + d_new[1:]
+        if summed:
+            _, vjp = jax.vjp(lambda y, prev, q: cell(y, zero, prev, q), *pre_t, prev_t, p)
+            d_xp, d_prev, d_p_t = vjp(d_new)
+            d_hw = d_xp
+        else:
+            _, vjp = jax.vjp(cell, *pre_t, prev_t, p)
+            d_xp, d_hw, d_prev, d_p_t = vjp(d_new)
+        d_h_rec = _matmul(d_hw, w_hh, compute_dtype)                           # [D, B, H_out]
+        d_mask_t = None
+        mask = mask_t if per_step_mask else state_mask
+        if mask is not None:
+            d_mask_t = d_h_rec * prev_t[0]
+            if not per_step_mask:
+                d_mask, d_mask_t = d_mask + d_mask_t, None
+            d_h_rec = d_h_rec * mask
+        d_prev = (d_prev[0] + d_h_rec,) + tuple(d_prev[1:])
+        d_prev = tuple(jnp.where(keep, n, o) for n, o in zip(d_prev, d_carry))
+        d_init_t = None
+        if start_t is not None:   # what reaches a sequence's start goes to its initial state
+            start = start_t[..., None]
+            if inits is not None:
+                d_init_t = tuple(jnp.where(start, d, zero) for d in d_prev)
+            d_prev = tuple(jnp.where(start, zero, d) for d in d_prev)
+        d_p = jax.tree.map(jnp.add, d_p, d_p_t)
+        grads = [d_xp] if summed else [d_xp, d_hw]
+        buffers = tuple(lax.dynamic_update_index_in_dim(b, g[d], t, 0)
+                        for b, (g, d) in zip(buffers, [(g, d) for g in grads for d in range(D)]))
+        return (d_prev, d_p, d_mask, buffers), (d_init_t, d_mask_t)
+
+    constant_mask = state_mask is not None and not per_step_mask
+    acc0 = (d_carry, jax.tree.map(jnp.zeros_like, p),
+            jnp.zeros_like(state_mask) if constant_mask else None, pre)
+    steps = jnp.arange(valid.shape[0])
+    (d_carry0, d_p, d_mask, d_seq), (d_inits, d_mask_seq) = lax.scan(
+        body, acc0, (steps, h_prev, valid, d_outs, starts, inits, d_states or None,
+                     state_mask if per_step_mask else None), reverse=True, unroll=unroll)
+    if per_step_mask:
+        d_mask = d_mask_seq
+    d_xp, d_hw = (d_seq, d_seq) if summed else (d_seq[:D], d_seq[D:])
+    h_rec = _recurrent_input(h_prev, state_mask)
+    # Per direction: [S, B, ·] sequences, one GEMM each.
+    d_xs = tuple(_matmul(d_xp[d], w.w_ih_t[d].T, compute_dtype) for d in range(D))
+    d_w = LayerWeights(
+        w_ih_t=jnp.stack([_contract(xs[d], d_xp[d], compute_dtype) for d in range(D)]),
+        w_hh_t=jnp.stack([_contract(h_rec[d], d_hw[d], compute_dtype) for d in range(D)]),
+        bias=None if w.bias is None else jnp.stack([d_xp[d].sum((0, 1))[None] for d in range(D)]))
+    return d_xs, None, d_carry0, d_w, d_p, d_mask, None, d_inits
+
+
+masked_scan.defvjp(_masked_scan_fwd, _masked_scan_bwd)
+
+
+def _contract(a: jax.Array, b: jax.Array, compute_dtype) -> jax.Array:
+    """``sum_{s,b} a[s, b, i] b[s, b, j]``: a weight gradient from two ``[S, B, ·]`` sequences."""
+    if compute_dtype is None:
+        return jnp.tensordot(a, b, axes=([0, 1], [0, 1]))
+    return jnp.tensordot(a.astype(compute_dtype), b.astype(compute_dtype), axes=([0, 1], [0, 1]),
+                         preferred_element_type=a.dtype)
 
 
 def _known(t: Any) -> Any:
@@ -187,25 +320,13 @@ def _masked_scan_jvp(cell, unroll, compute_dtype, primals, tangents):
     carry, (outs, states, pre) = _scan(cell, unroll, compute_dtype, xs, valid, carry0, w, p,
                                        state_mask, starts, inits, residuals=True)
     zero = jnp.zeros((), xs[0].dtype)
-    # The state before every step: the previous step's output where that step was valid, else the
-    # initial state (valid steps are contiguous), or the reset state where a sequence starts.
-    valid_before = jnp.concatenate([jnp.zeros_like(valid[:1]), valid[:-1]])     # [S, D, B]
-    h_prev = [jnp.where(valid_before[:, d, :, None],
-                        jnp.concatenate([carry0[0][d][None], outs[d][:-1]]), carry0[0][d])
-              for d in range(D)]
+    h_prev = _previous_h(valid, carry0, outs, starts, inits)
     rest_prev = [jnp.concatenate([c0[None], s[:-1]]) for c0, s in zip(carry0[1:], states)]
     if starts is not None:
-        h_prev = [jnp.where(starts[:, d, :, None], zero if inits is None else inits[0][:, d], h)
-                  for d, h in enumerate(h_prev)]
         rest_prev = [jnp.where(starts[..., None], zero if inits is None else i, r)
                      for r, i in zip(rest_prev, [None] * len(rest_prev) if inits is None
                                      else inits[1:])]
-    if state_mask is None:
-        h_rec = h_prev
-    elif per_step_mask:
-        h_rec = [h * state_mask[:, d] for d, h in enumerate(h_prev)]
-    else:
-        h_rec = [h * state_mask[d] for d, h in enumerate(h_prev)]
+    h_rec = _recurrent_input(h_prev, state_mask)
 
     # --- hoisted: the tangent terms that need no previous tangent state ([S, B, G] per direction)
     dw_ih, dw_hh, dbias = (_known(dw.w_ih_t), _known(dw.w_hh_t),
@@ -278,7 +399,7 @@ def _masked_scan_jvp(cell, unroll, compute_dtype, primals, tangents):
     return primal_out, (d_outs, d_carry, d_states)
 
 
-masked_scan.defjvp(_masked_scan_jvp, symbolic_zeros=True)
+masked_scan_jvp.defjvp(_masked_scan_jvp, symbolic_zeros=True)
 
 
 # --------------------------------------------------------------------------------------------
@@ -310,7 +431,7 @@ class Staircase(NamedTuple):
         return sum((stop - start) * rows for start, stop, rows in self.chunks)
 
 
-def staircase(lengths: Sequence[int], max_len: int, num_chunks: int = 6,
+def staircase(lengths: Sequence[int] | np.ndarray, max_len: int, num_chunks: int = 6,
               row_multiple: Optional[int] = None, time_multiple: int = 1) -> Staircase:
     """The staircase with at most ``num_chunks`` chunks that computes the fewest row-steps.
 
@@ -330,18 +451,18 @@ def staircase(lengths: Sequence[int], max_len: int, num_chunks: int = 6,
     >>> staircase([10, 3, 7, 2], 10, num_chunks=2)
     Staircase(chunks=((0, 3, 4), (3, 10, 2)))
     """
-    lengths = np.asarray(lengths, np.int64)
-    batch, end = lengths.shape[0], int(lengths.max()) if lengths.size else 0
+    lens = host_array(lengths, "lengths").astype(np.int64)
+    batch, end = lens.shape[0], int(lens.max()) if lens.size else 0
     if end == 0:
         return Staircase(())
     row_multiple = row_multiple or -(-batch // 8)
 
     def rows_at(t: int) -> int:
-        return min(batch, math.ceil(np.count_nonzero(lengths > t) / row_multiple) * row_multiple)
+        return min(batch, math.ceil(np.count_nonzero(lens > t) / row_multiple) * row_multiple)
 
     # Candidate boundaries: where the rounded active-row count drops, moved to the grid.
     grid = sorted({min(end, math.ceil(t / time_multiple) * time_multiple)
-                   for t in np.unique(lengths[lengths > 0]).tolist()} | {0, end})
+                   for t in np.unique(lens[lens > 0]).tolist()} | {0, end})
     points = [t for t in grid if t == 0 or t == end or rows_at(t) < rows_at(grid[grid.index(t) - 1])]
     n = len(points) - 1                       # natural segments [points[i], points[i+1])
     # cost[k][j]: fewest row-steps covering [0, points[j]) with k chunks; choice: previous cut.
@@ -367,6 +488,11 @@ def staircase(lengths: Sequence[int], max_len: int, num_chunks: int = 6,
 # --------------------------------------------------------------------------------------------
 # One layer
 # --------------------------------------------------------------------------------------------
+def scan_for(forward_mode: bool) -> Callable:
+    """:data:`masked_scan_jvp` (every transformation) or :data:`masked_scan` (fast reverse mode)."""
+    return masked_scan_jvp if forward_mode else masked_scan
+
+
 def _stack(params: Mapping[str, jax.Array], kind: str, layer: int, num_directions: int) -> jax.Array:
     return jnp.stack([params[param_name(kind, layer, d)] for d in range(num_directions)])
 
@@ -416,7 +542,7 @@ class Reading(NamedTuple):
     within_length: bool
 
     @staticmethod
-    def of(x: jax.Array, lengths: jax.Array, num_directions: int, within_length: bool) -> "Reading":
+    def of(x: jax.Array, lengths: jax.Array, num_directions: int, within_length: bool) -> Reading:
         valid = jnp.arange(x.shape[0])[:, None] < lengths[None, :]          # [T, B]
         if num_directions == 1:
             return Reading((x,), valid[:, None], within_length)
@@ -437,7 +563,8 @@ class Reading(NamedTuple):
 def run_layer(mode: str, params: Mapping[str, jax.Array], layer: int, num_directions: int,
               x: jax.Array, lengths: jax.Array, carry0: Carry, *, plan: Optional[Staircase] = None,
               state_mask: Optional[jax.Array] = None, weight_hh_mask: Optional[jax.Array] = None,
-              unroll: int = 1, compute_dtype: Optional[jnp.dtype] = None) -> tuple[jax.Array, Carry]:
+              unroll: int = 1, compute_dtype: Optional[jnp.dtype] = None,
+              forward_mode: bool = False) -> tuple[jax.Array, Carry]:
     """One layer, all directions: ``x [T, B, I] -> (output [T, B, D*H_out], carry)``.
 
     ``x`` must already be zero at padded positions. ``carry0`` entries are ``[D, B, ·]``.
@@ -445,7 +572,8 @@ def run_layer(mode: str, params: Mapping[str, jax.Array], layer: int, num_direct
     ``lengths``) scans only the active rows of each chunk. ``state_mask`` is broadcastable to
     ``[D, B, H_out]``. ``weight_hh_mask`` (broadcastable to ``[D, G, H_out]``) multiplies ``W_hh``
     for the whole call (DropConnect / AWD-LSTM weight drop). ``compute_dtype``: see
-    :func:`masked_scan`.
+    :func:`masked_scan`. ``forward_mode``: use :data:`masked_scan_jvp` (every transformation)
+    instead of :data:`masked_scan` (fastest reverse mode).
     """
     T, B = x.shape[0], x.shape[1]
     D = num_directions
@@ -455,9 +583,8 @@ def run_layer(mode: str, params: Mapping[str, jax.Array], layer: int, num_direct
         state_mask = jnp.broadcast_to(state_mask, (D, B, H_out))
 
     sort_rows = plan is not None
-    if not sort_rows:
-        plan = Staircase(((0, T, B),))
-    else:  # sort rows by decreasing length; undone on the way out
+    schedule = plan if plan is not None else Staircase(((0, T, B),))
+    if sort_rows:  # sort rows by decreasing length; undone on the way out
         # Host lengths are constants: XLA would constant-fold the permutations' transposes (large
         # scatters) for seconds at every compilation. The barrier keeps them runtime values.
         lengths = lax.optimization_barrier(lengths)
@@ -470,15 +597,15 @@ def run_layer(mode: str, params: Mapping[str, jax.Array], layer: int, num_direct
 
     reading = Reading.of(x, lengths, D, within_length=sort_rows)
     carry, pieces = carry0, []
-    for start, stop, rows in plan.chunks:
-        outs, new, _ = masked_scan(CELLS[mode], unroll, compute_dtype,
+    for start, stop, rows in schedule.chunks:
+        outs, new, _ = scan_for(forward_mode)(CELLS[mode], unroll, compute_dtype,
                                    tuple(a[start:stop, :rows] for a in reading.xs),
                                    reading.valid[start:stop, :, :rows],
                                    tuple(c[:, :rows] for c in carry), w,
                                    p, None if state_mask is None else state_mask[:, :rows])
         carry = tuple(jnp.concatenate([n, c[:, rows:]], axis=1) for n, c in zip(new, carry))
         pieces.append([jnp.pad(o, ((0, 0), (0, B - rows), (0, 0))) for o in outs])
-    stop = plan.chunks[-1][1] if plan.chunks else 0
+    stop = schedule.chunks[-1][1] if schedule.chunks else 0
     tail = [jnp.zeros((T - stop, B, H_out), x.dtype)]
     out = reading.join([jnp.concatenate([piece[d] for piece in pieces] + tail)
                         for d in range(D)], lengths)                      # [T, B, D*H_out]
@@ -492,7 +619,8 @@ def run_segment_layer(mode: str, params: Mapping[str, jax.Array], layer: int, nu
                       x: jax.Array, segments: SegmentLayout, init: Carry, *,
                       zero_init: bool = False, state_mask: Optional[jax.Array] = None,
                       weight_hh_mask: Optional[jax.Array] = None, unroll: int = 1,
-                      compute_dtype: Optional[jnp.dtype] = None) -> tuple[jax.Array, Carry]:
+                      compute_dtype: Optional[jnp.dtype] = None,
+                      forward_mode: bool = False) -> tuple[jax.Array, Carry]:
     """One layer over packed rows: ``x [T, B, I] -> (output [T, B, D*H_out], per-segment states)``.
 
     The same masked scan as :func:`run_layer`, with a state reset at every segment start (in each
@@ -502,7 +630,7 @@ def run_segment_layer(mode: str, params: Mapping[str, jax.Array], layer: int, nu
     direction: after its first); segment numbers a row does not hold keep ``init``.
     ``state_mask``: ``None`` or broadcastable to ``[D, B, S, H_out]`` (one mask per segment).
     """
-    T, B = x.shape[0], x.shape[1]
+    B = x.shape[1]
     D, S = num_directions, segments.max_segments
     w, p = layer_weights(mode, params, layer, D, weight_hh_mask)
     H_out = w.w_hh_t.shape[1]
@@ -518,11 +646,11 @@ def run_segment_layer(mode: str, params: Mapping[str, jax.Array], layer: int, nu
     if state_mask is not None:
         state_mask = steps(jnp.broadcast_to(state_mask, (D, B, S, H_out)))
     carry0 = tuple(jnp.zeros_like(x, shape=(D, B, c.shape[-1])) for c in init)
-    outs, _, states = masked_scan(CELLS[mode], unroll, compute_dtype, reading.xs, reading.valid,
-                                  carry0, w, p, state_mask, starts, inits)
+    outs, _, states = scan_for(forward_mode)(CELLS[mode], unroll, compute_dtype, reading.xs,
+                                             reading.valid, carry0, w, p, state_mask, starts, inits)
     present = (segments.sizes > 0)[None, :, :, None]                      # [1, B, S, 1]
     last = [segments.last_steps(d) for d in range(D)]
-    finals = [jnp.stack([take_steps(outs[d], last[d]) for d in range(D)])]
-    finals += [jnp.stack([take_steps(s[:, d], last[d]) for d in range(D)]) for s in states]
-    finals = tuple(jnp.where(present, f, i) for f, i in zip(finals, init))
-    return reading.join(outs, lengths), finals
+    gathered = [jnp.stack([take_steps(outs[d], last[d]) for d in range(D)])]
+    gathered += [jnp.stack([take_steps(s[:, d], last[d]) for d in range(D)]) for s in states]
+    return reading.join(outs, lengths), tuple(jnp.where(present, f, i)
+                                              for f, i in zip(gathered, init))

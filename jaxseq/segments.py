@@ -77,7 +77,7 @@ def check_segment_ids(segment_ids: Any, max_len: int, batch_size: Optional[int],
     >>> check_segment_ids(jnp.array([[1, 0, 2]]), 3, 1, 2, batch_first=True)
     Traceback (most recent call last):
     ...
-    ValueError: `segment_ids`: each row must hold segments 1, 2, ..., k as contiguous runs starting at t = 0, then 0 (padding) to its end; row 0 breaks this at t = 2 (value 2)
+    ValueError: `segment_ids`: each row must hold segments 1, 2, ... row 0 breaks this at t = 2 ...
     """
     if not isinstance(segment_ids, jax.Array):
         segment_ids = np.asarray(segment_ids)

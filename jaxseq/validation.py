@@ -19,7 +19,7 @@ bad entry when the step returns:
 >>> step(params, jnp.ones((4, 2, 2)), jnp.array([4, 5]))
 Traceback (most recent call last):
 ...
-jax._src.checkify.JaxRuntimeError: `lengths` must satisfy 0 <= lengths[b] <= T=4, but found lengths[1] = 5 (`check` failed)
+...JaxRuntimeError: `lengths` must satisfy 0 <= lengths[b] <= T=4, but found lengths[1] = 5 ...
 """
 from __future__ import annotations
 
@@ -27,7 +27,8 @@ import contextlib
 import contextvars
 import functools
 import numbers
-from typing import Any, Callable, Iterator, Literal, Optional, get_args
+from collections.abc import Callable, Iterator
+from typing import Any, Literal, Optional, get_args
 
 import jax
 import jax.numpy as jnp
@@ -43,8 +44,30 @@ _traced_policy: contextvars.ContextVar[str] = contextvars.ContextVar("jaxseq_tra
 
 
 def is_concrete(x: Any) -> bool:
-    """True when ``x`` is a host/device value whose contents can be read now (not a jit tracer)."""
-    return not isinstance(x, jax.core.Tracer)
+    """True when ``x``'s contents can be read on this host now: not a jit tracer, and not a global
+    array with shards on other processes' devices (multi-process ``jax.distributed`` runs), whose
+    values no single host holds. jaxseq treats both like traced values (no host checks, no
+    staircase)."""
+    if isinstance(x, jax.core.Tracer):
+        return False
+    return not (isinstance(x, jax.Array) and not x.is_fully_addressable)
+
+
+def host_array(x: Any, name: str) -> np.ndarray:
+    """``np.asarray(x)`` for host-side helpers, with a clear error for a global array.
+
+    Raises:
+      ValueError: ``x`` is a jit tracer or a global array that spans other processes' devices.
+    """
+    if isinstance(x, jax.core.Tracer):
+        raise ValueError(f"`{name}` must be concrete (host) values here, got a traced array: call "
+                         "this outside jit")
+    if isinstance(x, jax.Array) and not x.is_fully_addressable:
+        raise ValueError(f"`{name}` is a global array spanning devices of other processes: its "
+                         "values cannot be read on this host. Use this process's own (local) "
+                         "values, before they become a global array, or leave the lengths traced "
+                         "(under jit jaxseq does not read them)")
+    return np.asarray(x)
 
 
 def check_size(value: Any, name: str, minimum: int = 1) -> int:
@@ -189,7 +212,7 @@ def checked(fn: Callable, *, errors: frozenset = checkify.user_checks) -> Callab
     >>> pick(jnp.ones((3, 2, 1)), jnp.array([-1, 2]))
     Traceback (most recent call last):
     ...
-    jax._src.checkify.JaxRuntimeError: `lengths` must satisfy 0 <= lengths[b] <= T=3, but found lengths[0] = -1 (`check` failed)
+    ...JaxRuntimeError: `lengths` must satisfy 0 <= lengths[b] <= T=3, but found lengths[0] = -1 ...
     """
 
     def with_checks(*args: Any, **kwargs: Any) -> Any:

@@ -44,7 +44,8 @@ def _pair(mode, dtype, bias=True, input_size=3, hidden_size=5, seed=0):
 
 CASES = [(mode, dtype, bias, steps, unbatched)
          for mode in KINDS for dtype in DTYPES
-         for bias, steps, unbatched in [(True, 1, False), (False, 4, False), (True, 4, True)]]
+         for bias, steps, unbatched in [(True, 1, False), (False, 4, False), (True, 4, True)]
+         if dtype == "float64" or (steps, unbatched) == (4, False)]
 
 
 @pytest.mark.parametrize("mode, dtype, bias, steps, unbatched", CASES,

@@ -1,6 +1,6 @@
 """Edge shapes and numerics: tiny and huge T/B, degenerate lengths, low precision, x64 hygiene, NaN.
 
-* parity with torch packed (via :func:`parity_tests.harness.run`, with the lengths pinned) for
+* parity with torch packed (via :func:`jaxseq.parity.harness.run`, with the lengths pinned) for
   ``B=1``, ``T=1``, every length equal (to ``T`` or below it) and every length 1;
 * a batch of only zero-length rows (torch cannot run it): zero output, ``h_n == h0`` bit for bit,
   finite gradients, identity gradient to ``h0`` and zero gradient to ``x`` and the parameters;
@@ -26,8 +26,8 @@ from flax import nnx
 
 import jaxseq
 from jaxseq import functional as F
-from parity_tests import harness
-from parity_tests.harness import Config
+from jaxseq.parity import harness
+from jaxseq.parity.harness import Config
 from parity_tests.test_property_parity import assert_matches_torch
 
 REPO = Path(__file__).resolve().parents[1]

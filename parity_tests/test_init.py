@@ -19,7 +19,7 @@ from flax import nnx
 import jaxseq
 from jaxseq import init
 from jaxseq.layout import Structure
-from parity_tests.harness import JAX_CLASSES, TORCH_CLASSES, Config
+from jaxseq.parity.harness import JAX_CLASSES, TORCH_CLASSES, Config
 from torch_ref.init import recommended_init_
 
 GATES = {"LSTM": 4, "GRU": 3, "RNN_TANH": 1, "RNN_RELU": 1}

@@ -138,7 +138,7 @@ def test_seq2seq_teacher_forced_loss_and_gradients_match_torch(tiny_data):
     tmodel, jmodel = _twins(tiny_data)
     batch = next(reversal_batches(tiny_data, "train", TINY.batch_size, shuffle=True))
     arrays = (batch.source, batch.source_lengths, batch.target_in, batch.target_out)
-    loss, grads = nnx.value_and_grad(seq2seq.loss_fn)(jmodel, *arrays)
+    loss, grads = nnx.jit(nnx.value_and_grad(seq2seq.loss_fn))(jmodel, *arrays)
     t_loss = token_loss(tmodel(*(torch.from_numpy(a.astype(np.int64)) for a in arrays[:3])),
                         torch.from_numpy(batch.target_out.astype(np.int64)))
     t_loss.backward()
@@ -172,8 +172,8 @@ def test_seq2seq_greedy_decodes_are_identical(tiny_data):
 
 
 def test_seq2seq_quick_run_learns(tmp_path):
-    figures = seq2seq.main(["--quick", "--words-per-language", "300", "--max-steps", "40",
-                            "--out", str(tmp_path)])
+    figures = seq2seq.main(["--quick", "--words-per-language", "200", "--max-steps", "25",
+                            "--batch-size", "32", "--out", str(tmp_path)])
     assert figures["test_accuracy"] > 0.1 and len(figures["epoch_seconds"]) == 3
     assert (tmp_path / "seq2seq_attention.png").stat().st_size > 1000
 

@@ -1,9 +1,9 @@
 """Property-based parity: random recurrent stacks against torch packed sequences (hypothesis).
 
-Each example draws a :class:`parity_tests.harness.Config` (cell LSTM/GRU/RNN tanh/relu, input and
+Each example draws a :class:`jaxseq.parity.harness.Config` (cell LSTM/GRU/RNN tanh/relu, input and
 hidden sizes, 1-3 layers, uni/bidirectional, LSTM ``proj_size``, bias, ``batch_first``, with or
 without ``hx``, batch and time sizes, how many rows have length 0, seed) and runs it through
-:func:`parity_tests.harness.run` in float64: outputs, final states and the gradients with respect
+:func:`jaxseq.parity.harness.run` in float64: outputs, final states and the gradients with respect
 to input, ``hx`` and every parameter must match torch's ``pack_padded_sequence`` run within
 ``1e-10`` (relative), padded outputs and input gradients must be exactly 0, and zero-length rows
 must return ``h0`` exactly. Lengths always include 1 and ``T`` (harness) and 0 when drawn; they
@@ -11,7 +11,7 @@ are traced under ``jit`` or, when ``concrete_lengths`` is drawn, host values (wh
 schedule rows by length).
 
 Examples are derandomized (the same sequence on every run, for CI reproducibility) and the default
-run is bounded to 15 of them (about a minute on 2 busy cores). For a longer search set
+run is bounded to 8 of them (about a minute on 2 busy cores). For a longer search set
 ``JAXSEQ_HYPOTHESIS_EXAMPLES=N``, e.g.::
 
     JAXSEQ_HYPOTHESIS_EXAMPLES=300 python3 -m pytest parity_tests/test_property_parity.py -q
@@ -21,10 +21,10 @@ import os
 from hypothesis import HealthCheck, given, note, settings
 from hypothesis import strategies as st
 
-from parity_tests.harness import Config, run
+from jaxseq.parity.harness import Config, run
 from parity_tests.test_recurrent_parity import TOL
 
-MAX_EXAMPLES = int(os.environ.get("JAXSEQ_HYPOTHESIS_EXAMPLES", "15"))
+MAX_EXAMPLES = int(os.environ.get("JAXSEQ_HYPOTHESIS_EXAMPLES", "8"))
 
 
 @st.composite

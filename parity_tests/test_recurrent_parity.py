@@ -2,14 +2,14 @@
 
 Default run: every (cell, num_layers 1-3, uni/bidirectional, proj_size) combination, each in two
 settings of (bias, batch_first, hx) so that every value of those flags meets every combination of
-the others, in float64 and float32. The full cartesian product is marked `slow`.
+the others, in float64, and a third of them in float32 (the other float32 cases are ``slow``). The full cartesian product is marked `slow`.
 Tolerances (relative to the largest torch value): float64 1e-10, float32 1e-5.
 """
 import itertools
 
 import pytest
 
-from parity_tests.harness import Config, run, worst
+from jaxseq.parity.harness import Config, run, worst
 
 TOL = {"float64": 1e-10, "float32": 1e-5}
 CELLS = [("LSTM", 0), ("LSTM", 2), ("GRU", 0), ("RNN_TANH", 0), ("RNN_RELU", 0)]
@@ -29,18 +29,38 @@ FULL = list(_configs([dict(bias=b, batch_first=f, with_hx=h)
                       for b, f, h in itertools.product([True, False], repeat=3)]))
 
 
-def _check(cfg, dtype):
-    errors = run(cfg, dtype)
+def _check(cfg, dtype, **options):
+    errors = run(cfg, dtype, **options)
     assert errors.pop("padding_and_empty_rows_exact") == 0, "padding output/grad not exactly zero"
     bad = {k: v for k, v in errors.items() if not v <= TOL[dtype]}
     assert not bad, f"{cfg.label()} {dtype}: {bad}"
     assert {"output", "h_n", "grad_x"} <= errors.keys()
 
 
-@pytest.mark.parametrize("dtype", ["float64", "float32"])
-@pytest.mark.parametrize("cfg", DEFAULT, ids=Config.label)
+#: float64 on every default config, float32 on every third (the rest of float32 is ``slow``).
+CASES = [(c, "float64") for c in DEFAULT] + [(c, "float32") for c in DEFAULT[::3]]
+
+
+@pytest.mark.parametrize("cfg, dtype", CASES, ids=[f"{c.label()}-{d}" for c, d in CASES])
 def test_parity(cfg, dtype):
     _check(cfg, dtype)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("cfg", [c for i, c in enumerate(DEFAULT) if i % 3], ids=Config.label)
+def test_parity_float32_rest(cfg):
+    _check(cfg, "float32")
+
+
+@pytest.mark.parametrize("cfg, dtype", [
+    (Config(mode="LSTM", num_layers=2, bidirectional=True, proj_size=2, with_hx=True, zero_rows=1),
+     "float64"),
+    (Config(mode="GRU", num_layers=2, bidirectional=True, batch_first=True, bias=False), "float32"),
+    (Config(mode="RNN_RELU", with_hx=True), "float64"),
+], ids=lambda v: v.label() if isinstance(v, Config) else v)
+def test_parity_of_the_forward_mode_path(cfg, dtype):
+    """``forward_mode=True``: reverse mode is JAX's transpose of the custom JVP; same parity."""
+    _check(cfg, dtype, forward_mode=True)
 
 
 @pytest.mark.parametrize("cfg", [
@@ -70,7 +90,7 @@ def test_parity_full_matrix(cfg, dtype):
 def test_errors_are_actually_measured():
     """Sanity check of the harness itself: a perturbed weight must show up as a large error."""
     import numpy as np
-    from parity_tests import harness
+    from jaxseq.parity import harness
 
     original = harness.jaxseq.load_torch_state_dict
 

@@ -1,9 +1,10 @@
 """Every JAX transformation on every layer and option: forward-mode AD, higher orders, vmap, remat,
 shard_map, donation, empty batches and export.
 
-* forward mode (``jax.jvp``, ``jax.linearize``, ``jax.jacfwd``) against the reverse-mode gradient
-  on layers (uni/bi, projection, GRU, RNN), explicit dropout masks, the staircase (concrete
-  lengths), ``compute_dtype``, packed rows and cells; ``jax.hessian`` against ``jacrev(jacrev)``;
+* forward mode (``forward_mode=True``: ``jax.jvp``, ``jax.linearize``, ``jax.jacfwd``) against the
+  reverse-mode gradient on layers (uni/bi, projection, GRU, RNN), explicit dropout masks, the
+  staircase (concrete lengths), ``compute_dtype``, packed rows and cells; ``jax.hessian`` against
+  ``jacrev(jacrev)``; both modes give the same gradients, and the default says why jvp fails;
 * forward-over-reverse (Hessian-vector products) against torch's double backward
   (``create_graph=True``) through packed sequences, float64;
 * empty batches (B = 0) in layers, cells, functional, utilities and losses; T = 0 raises as torch;
@@ -96,9 +97,10 @@ def _problem(mode, layers=1, bidi=False, proj=0, hx=False, masks=False, concrete
 
     def f(p, x, h, mm):
         if packed:
-            return _scalar(*F.recurrent(mode, p, x, hx=h, segment_ids=ids, max_segments=3, **mm))
+            return _scalar(*F.recurrent(mode, p, x, hx=h, segment_ids=ids, max_segments=3,
+                                        forward_mode=True, **mm))
         lengths = LENGTHS if concrete else jnp.asarray(LENGTHS)
-        return _scalar(*F.recurrent(mode, p, x, lengths, h, **mm))
+        return _scalar(*F.recurrent(mode, p, x, lengths, h, forward_mode=True, **mm))
 
     return f, (params, _x(), state, m)
 
@@ -119,6 +121,20 @@ def test_forward_mode_equals_reverse_mode(case):
     np.testing.assert_allclose(jvp, want, rtol=1e-10)
 
 
+def test_both_modes_give_the_same_gradients_and_the_default_says_why_jvp_fails():
+    f, (params, x, hx, _) = _problem(mode="LSTM", layers=2, bidi=True, proj=2, hx=True)
+    fast = lambda p, xx, h: _scalar(*F.lstm(p, xx, jnp.asarray(LENGTHS), h))   # noqa: E731
+    g_fast = jax.jit(jax.grad(fast, argnums=(0, 1, 2)))(params, x, hx)
+    g_jvp = jax.jit(jax.grad(lambda p, xx, h: f(p, xx, h, {}), argnums=(0, 1, 2)))(params, x, hx)
+    for a, b in zip(jax.tree.leaves(g_fast), jax.tree.leaves(g_jvp)):
+        np.testing.assert_allclose(a, b, rtol=1e-12, atol=1e-14)
+    with pytest.raises(TypeError, match="forward-mode autodiff"):
+        jax.jvp(lambda xx: fast(params, xx, hx), (x,), (x,))
+    lstm = jaxseq.LSTM(I, H, forward_mode=True, param_dtype=jnp.float64, rngs=nnx.Rngs(0))
+    _, tangent = jax.jvp(lambda xx: jnp.sum(lstm(xx)[0]), (x,), (x,))    # the module option
+    assert np.isfinite(tangent)
+
+
 def test_linearize_and_jacfwd_equal_reverse_mode():
     f, args = _problem(mode="LSTM", bidi=True, hx=True)
     tangents = _tangent(args)
@@ -135,7 +151,8 @@ def test_forward_mode_with_bfloat16_compute_and_cells():
     x = _x().astype(jnp.float32)
 
     def f(pp, xx):
-        return _scalar(*F.lstm(pp, xx, jnp.asarray(LENGTHS), compute_dtype=jnp.bfloat16))
+        return _scalar(*F.lstm(pp, xx, jnp.asarray(LENGTHS), compute_dtype=jnp.bfloat16,
+                               forward_mode=True))
 
     t = _tangent((p, x))
 
@@ -156,7 +173,7 @@ def test_forward_mode_with_bfloat16_compute_and_cells():
 def test_hessian_matches_reverse_over_reverse():
     p = _params("LSTM", bidi=True)
     x = _x(shape=(4, 2, I))
-    f = lambda xx: _scalar(*F.lstm(p, xx, jnp.array([4, 2])))            # noqa: E731
+    f = lambda xx: _scalar(*F.lstm(p, xx, jnp.array([4, 2]), forward_mode=True))  # noqa: E731
     hess = jax.jit(jax.hessian(f))(x)
     np.testing.assert_allclose(hess, jax.jit(jax.jacrev(jax.jacrev(f)))(x), rtol=1e-9, atol=1e-12)
     assert hess.shape == (4, 2, I, 4, 2, I)
@@ -174,7 +191,7 @@ def test_hessian_vector_products_match_torch_double_backward():
     v_p = {k: np.random.default_rng(2).standard_normal(v.shape) for k, v in params.items()}
 
     def f(p, xx):
-        return _scalar(*F.lstm(p, xx, jnp.asarray(LENGTHS)))
+        return _scalar(*F.lstm(p, xx, jnp.asarray(LENGTHS), forward_mode=True))
 
     _, (hvp_p, hvp_x) = jax.jit(lambda p, xx, vp, vx: jax.jvp(
         jax.grad(f, argnums=(0, 1)), (p, xx), (vp, vx)))(
@@ -243,24 +260,24 @@ def test_vmap_over_an_extra_batch_axis_and_over_lengths():
     p = _params("GRU", bidi=True)
     xs = _x(shape=(2, T, B, I))
     lengths = jnp.array([[6, 2, 4], [1, 6, 3]])
-    batched = jax.vmap(lambda xx, ll: F.gru(p, xx, ll))(xs, lengths)
+    gru = jax.jit(lambda xx, ll: F.gru(p, xx, ll))
+    batched = jax.jit(jax.vmap(gru))(xs, lengths)
     for k in range(2):
-        single = F.gru(p, xs[k], lengths[k])
+        single = gru(xs[k], lengths[k])
         for a, b in zip(jax.tree.leaves(batched), jax.tree.leaves(single)):
             np.testing.assert_allclose(a[k], b, rtol=1e-12, atol=1e-14)
-    over_lengths = jax.vmap(lambda ll: F.gru(p, xs[0], ll)[1])(lengths)
-    np.testing.assert_allclose(over_lengths[1], F.gru(p, xs[0], lengths[1])[1], rtol=1e-12)
-    per_example = jax.vmap(jax.grad(lambda pp, xx, ll: _scalar(*F.gru(pp, xx, ll))),
-                           in_axes=(None, 0, 0))(p, xs, lengths)            # per-example gradients
+    over_lengths = jax.jit(jax.vmap(lambda ll: gru(xs[0], ll)[1]))(lengths)
+    np.testing.assert_allclose(over_lengths[1], gru(xs[0], lengths[1])[1], rtol=1e-12)
+    grad = jax.grad(lambda pp, xx, ll: _scalar(*F.gru(pp, xx, ll)))
+    per_example = jax.jit(jax.vmap(grad, in_axes=(None, 0, 0)))(p, xs, lengths)
     np.testing.assert_allclose(per_example["weight_hh_l0"][1],
-                               jax.grad(lambda pp: _scalar(*F.gru(pp, xs[1], lengths[1])))(p)[
-                                   "weight_hh_l0"], rtol=1e-10)
+                               jax.jit(grad)(p, xs[1], lengths[1])["weight_hh_l0"], rtol=1e-10)
 
 
 def test_checkpoint_grad_of_grad_and_donation():
     p = _params("GRU")
     x = _x()
-    f = lambda pp, xx: _scalar(*F.gru(pp, xx, jnp.asarray(LENGTHS)))    # noqa: E731
+    f = lambda pp, xx: _scalar(*F.gru(pp, xx, jnp.asarray(LENGTHS), forward_mode=True))  # noqa
     g = jax.jit(jax.grad(f))(p, x)
     g_remat = jax.jit(jax.grad(jax.checkpoint(f)))(p, x)
     for k in g:

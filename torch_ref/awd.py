@@ -13,7 +13,8 @@ Every dropout takes an explicit mask so that it can be compared exactly with jax
 """
 from __future__ import annotations
 
-from typing import Optional, Sequence
+from collections.abc import Sequence
+from typing import Optional
 
 import torch
 import torch.nn.functional as F

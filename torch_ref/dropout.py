@@ -17,7 +17,8 @@ Masks follow :func:`jaxseq.functional.recurrent`: already scaled by ``1/(1-p)``;
 """
 from __future__ import annotations
 
-from typing import Any, Callable, Optional, Sequence
+from collections.abc import Callable, Sequence
+from typing import Any, Optional
 
 import torch
 import torch.nn.functional as F
@@ -108,7 +109,7 @@ def _entry(masks: Masks, index: int, count: int, what: str) -> Optional[torch.Te
     return masks[index]
 
 
-def _time_major(a: Optional[torch.Tensor], batch_first: bool) -> Optional[torch.Tensor]:
+def _time_major(a: torch.Tensor, batch_first: bool) -> torch.Tensor:
     return a.transpose(0, 1) if batch_first and a is not None and a.dim() == 3 else a
 
 
@@ -126,13 +127,15 @@ class _Packed(nn.Module):
 
 def _single_layer(rnn: nn.RNNBase, layer: int) -> _Packed:
     in_size = rnn.input_size if layer == 0 else _directions(rnn) * (rnn.proj_size or rnn.hidden_size)
-    kwargs = dict(bias=rnn.bias, batch_first=rnn.batch_first, bidirectional=rnn.bidirectional)
+    kwargs: dict[str, Any] = dict(bias=rnn.bias, batch_first=rnn.batch_first,
+                                  bidirectional=rnn.bidirectional)
     if isinstance(rnn, nn.LSTM):
         kwargs["proj_size"] = rnn.proj_size
     if isinstance(rnn, nn.RNN):
         kwargs["nonlinearity"] = rnn.nonlinearity
     ref = rnn.weight_ih_l0
-    return _Packed(type(rnn)(in_size, rnn.hidden_size, **kwargs, dtype=ref.dtype, device=ref.device))
+    cls: Any = type(rnn)   # nn.LSTM / nn.GRU / nn.RNN: (input_size, hidden_size, **kwargs)
+    return _Packed(cls(in_size, rnn.hidden_size, **kwargs, dtype=ref.dtype, device=ref.device))
 
 
 def run_packed_with_dropout(rnn: nn.RNNBase, x: torch.Tensor, lengths: Any, hx: Any = None,
@@ -166,7 +169,8 @@ def run_packed_with_dropout(rnn: nn.RNNBase, x: torch.Tensor, lengths: Any, hx: 
     finals, layer_in = [], x
     for layer in range(L):
         borrowed = {f"rnn.{name}_l0{'_reverse' if d else ''}": p
-                    for d in range(D) for name, p in _layer_params(rnn, layer, d).items() if p is not None}
+                    for d in range(D) for name, p in _layer_params(rnn, layer, d).items()
+                    if p is not None}
         h = [s[layer * D:(layer + 1) * D] for s in states]
         layer_in, st = functional_call(_single_layer(rnn, layer), borrowed,
                                        (layer_in, lengths, tuple(h) if rnn.mode == "LSTM" else h[0]))
@@ -256,10 +260,11 @@ def run_loop(rnn: nn.RNNBase, x: torch.Tensor, lengths: Any, hx: Any = None, *,
         for d in range(D):
             w = _layer_params(rnn, layer, d)
             carry = tuple(s[layer * D + d] for s in states)
-            if wmask is not None:
-                w["weight_hh"] = w["weight_hh"] * torch.broadcast_to(wmask, (D,) + w["weight_hh"].shape)[d]
+            w_hh = w["weight_hh"]
+            if wmask is not None and w_hh is not None:
+                w["weight_hh"] = w_hh * torch.broadcast_to(wmask, (D,) + w_hh.shape)[d]
             s_d = None if smask is None else torch.broadcast_to(smask, (D,) + carry[0].shape)[d]
-            out = [None] * T
+            out: list[torch.Tensor] = [torch.empty(0)] * T
             for t in (range(T) if d == 0 else reversed(range(T))):
                 new = cell(layer_in[t], carry[0] if s_d is None else carry[0] * s_d, carry, w)
                 carry = tuple(torch.where(valid[t], n, o) for n, o in zip(new, carry))

@@ -1,6 +1,7 @@
 """Run one configuration through torch (packed) and jaxseq with identical weights; measure errors.
 
-Shared by the pytest suite and ``python -m parity_tests.report``. Both sides see the same input,
+Shared by the pytest suite (``parity_tests/``) and the ``jaxseq-parity`` report. Both sides see the
+same input,
 with NaN at every padded position, the same initial state and the same output cotangents; the
 torch side runs ``pack_padded_sequence(enforce_sorted=False)``. Gradients are taken with respect
 to the input, the initial state(s) and every parameter (matched by torch name).
@@ -8,7 +9,7 @@ to the input, the initial state(s) and every parameter (matched by torch name).
 from __future__ import annotations
 
 import dataclasses
-from typing import Optional
+from typing import Any, Optional
 
 import jax
 import jax.numpy as jnp
@@ -51,9 +52,10 @@ class Config:
         parts += [f"zero{self.zero_rows}"] if self.zero_rows else []
         return "-".join(parts)
 
-    def torch_kwargs(self) -> dict:
-        kw = dict(num_layers=self.num_layers, bias=self.bias, batch_first=self.batch_first,
-                  bidirectional=self.bidirectional)
+    def torch_kwargs(self) -> dict[str, Any]:
+        kw: dict[str, Any] = dict(num_layers=self.num_layers, bias=self.bias,
+                                  batch_first=self.batch_first,
+                                  bidirectional=self.bidirectional)
         if self.mode == "LSTM":
             kw["proj_size"] = self.proj_size
         if self.mode.startswith("RNN"):
@@ -72,6 +74,12 @@ def random_lengths(rng: np.random.Generator, batch: int, time: int, zero_rows: i
 
 def _time_major(a: np.ndarray, batch_first: bool) -> np.ndarray:
     return np.swapaxes(a, 0, 1) if batch_first else a
+
+
+def _grad(t: torch.Tensor) -> np.ndarray:
+    """A leaf tensor's gradient as numpy (it must have one after ``backward()``)."""
+    assert t.grad is not None, "no gradient reached this tensor"
+    return t.grad.numpy()
 
 
 def _rel_err(got, want) -> float:
@@ -121,9 +129,10 @@ def run(cfg: Config, dtype: str = "float64", *, concrete_lengths: bool = False,
 
     @jax.jit
     def forward_and_grads(params, xx, h0):
-        run_it = lambda p, xi, hi: functional.recurrent(cfg.mode, p, xi, lengths if concrete_lengths
-                                                        else jnp.asarray(lengths), hi, **options,
-                                                        batch_first=cfg.batch_first)
+        def run_it(p, xi, hi):
+            return functional.recurrent(cfg.mode, p, xi, lengths if concrete_lengths
+                                        else jnp.asarray(lengths), hi, **options,
+                                        batch_first=cfg.batch_first)
         result, vjp = jax.vjp(run_it, params, xx, h0)
         return result, vjp(cots)
 
@@ -149,12 +158,12 @@ def run(cfg: Config, dtype: str = "float64", *, concrete_lengths: bool = False,
     for name, js, ts in zip(["h_n", "c_n"], unpack(j_state), t_states):
         errors[name] = _rel_err(np.asarray(js)[:, keep], ts.detach().numpy())
     g_params, g_x, g_hx = j_grads
-    errors["grad_x"] = _rel_err(np.take(np.asarray(g_x), keep, axis=b_axis), tx.grad.numpy())
+    errors["grad_x"] = _rel_err(np.take(np.asarray(g_x), keep, axis=b_axis), _grad(tx))
     if hx is not None:
-        for name, jg, th in zip(["grad_h0", "grad_c0"], unpack(g_hx), thx):
-            errors[name] = _rel_err(np.asarray(jg)[:, keep], th.grad.numpy())
+        for name, jg, th in zip(["grad_h0", "grad_c0"], unpack(g_hx), thx or []):
+            errors[name] = _rel_err(np.asarray(jg)[:, keep], _grad(th))
     for name, p in tmod.named_parameters():
-        errors[f"grad_{name}"] = _rel_err(g_params[name], p.grad.numpy())
+        errors[f"grad_{name}"] = _rel_err(g_params[name], _grad(p))
 
     # --- exact expectations that need no torch -----------------------------------------------
     pad = np.arange(T)[:, None] >= lengths[None, :]
@@ -187,7 +196,7 @@ def random_rows(rng: np.random.Generator, batch: int, time: int, max_per_row: in
     ``max_per_row`` segments (no trailing padding), row 2 has one short segment, the last
     ``empty_rows`` rows hold nothing, the others are random (1..max_per_row segments, usually with
     trailing padding)."""
-    rows = []
+    rows: list[list[int]] = []
     for b in range(batch):
         if b >= batch - empty_rows:
             rows.append([])
@@ -196,7 +205,7 @@ def random_rows(rng: np.random.Generator, batch: int, time: int, max_per_row: in
             rows.append([time])
             continue
         k = max_per_row if b == 1 else 1 if b == 2 else int(rng.integers(1, max_per_row + 1))
-        cuts = np.sort(rng.choice(np.arange(1, time), size=k - 1, replace=False)) if k > 1 else []
+        cuts = np.sort(rng.choice(np.arange(1, time), size=k - 1, replace=False))
         sizes = np.diff(np.concatenate([[0], cuts, [time]])).astype(int)
         if b >= 2:  # trailing padding: shorten the last segment (keep it non-empty)
             sizes[-1] = int(rng.integers(1, sizes[-1] + 1))
@@ -269,7 +278,7 @@ def run_rows(cfg: Config, dtype: str = "float64", *, max_per_row: int = 3, **opt
     N = len(spans)
     seq_x = np.zeros((T, N, cfg.input_size))
     seq_cot = np.zeros((T, N, D * H_out))
-    for i, (b, k, start, n) in enumerate(spans):
+    for i, (b, _, start, n) in enumerate(spans):
         seq_x[:n, i] = x_bt[b, start:start + n]
         seq_cot[:n, i] = cot_out_bt[b, start:start + n]
     tmod.batch_first = False
@@ -287,7 +296,7 @@ def run_rows(cfg: Config, dtype: str = "float64", *, max_per_row: int = 3, **opt
 
     def from_segments(seq: np.ndarray) -> np.ndarray:     # torch [T, N, F] -> rows [B, T, F]
         rows_out = np.zeros((B, T) + seq.shape[2:])
-        for i, (b, k, start, n) in enumerate(spans):
+        for i, (b, _, start, n) in enumerate(spans):
             rows_out[b, start:start + n] = seq[:n, i]
         return rows_out
 
@@ -295,12 +304,12 @@ def run_rows(cfg: Config, dtype: str = "float64", *, max_per_row: int = 3, **opt
     errors["output"] = _rel_err(j_out_bt, from_segments(t_out.detach().numpy()))
     for name, js, ts in zip(["h_n", "c_n"], j_states, t_states):
         errors[name] = _rel_err(per_seq(js), ts.detach().numpy())
-    errors["grad_x"] = _rel_err(g_x_bt[ids > 0], from_segments(tx.grad.numpy())[ids > 0])
+    errors["grad_x"] = _rel_err(g_x_bt[ids > 0], from_segments(_grad(tx))[ids > 0])
     if hx is not None:
-        for name, jg, th in zip(["grad_h0", "grad_c0"], unpack(g_hx), thx):
-            errors[name] = _rel_err(per_seq(np.asarray(jg)), th.grad.numpy())
+        for name, jg, th in zip(["grad_h0", "grad_c0"], unpack(g_hx), thx or []):
+            errors[name] = _rel_err(per_seq(np.asarray(jg)), _grad(th))
     for name, p in tmod.named_parameters():
-        errors[f"grad_{name}"] = _rel_err(g_params[name], p.grad.numpy())
+        errors[f"grad_{name}"] = _rel_err(g_params[name], _grad(p))
 
     # --- exact expectations: padding, and segment numbers a row does not hold ------------------
     problems = int(np.count_nonzero(j_out_bt[ids == 0])) + int(np.count_nonzero(g_x_bt[ids == 0]))
