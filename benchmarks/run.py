@@ -284,6 +284,11 @@ NOTES = """## Reading the numbers
 - The input projection `x_t @ W_ih` inside the loop rather than one hoisted GEMM: on CPU the
   loop streaming a hoisted `[T, B, G]` array back from memory was ~1.8x slower than projecting
   `[B, I]` rows in the loop (forward-only microbenchmark, config `lstm`).
+- `forward_mode=True` in the options table: the masked scan with a custom JVP (forward mode,
+  Hessians) instead of the hand-written VJP; its reverse mode is JAX's transpose of the JVP. It
+  computes the same loss; the difference to `defaults` is what forward-mode support costs in a
+  training step (a fresh gate-gradient buffer of `[T, B, G]` and its zero-fill, where the
+  hand-written backward pass reuses the saved pre-activations).
 - Measured and dropped: `unroll > 1` (slower and slower to compile), separate scans per direction
   (no gain), one fused sigmoid for all gates (a few %, within noise, changes rounding), a
   concatenated `[x, h] @ [W_ih; W_hh]` matmul (no gain). `plain masked scan` in the options table

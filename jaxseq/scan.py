@@ -13,12 +13,15 @@ Performance structure (measurements in ``docs/benchmarks.md``):
 * one ``lax.scan`` runs every direction (a ``[D, B, ·]`` carry); the input projection ``x_t @ W_ih``
   is done inside the loop, next to ``h @ W_hh`` (on CPU this beats one hoisted GEMM whose
   ``[T, D, B, G]`` result the loop must stream back from memory);
-* :func:`masked_scan` has a custom JVP whose tangent map hoists every term that does not depend on
-  the previous step (``dx @ W_ih``, ``x @ dW_ih``, ``h @ dW_hh``...) out of the loop as large GEMMs
-  and recomputes the gates from saved pre-activations; JAX transposes it for reverse mode into one
-  ``dgates @ W_hh.T`` per step and every weight and input gradient as GEMMs after the loop (autodiff
-  of the plain scan would accumulate ``[F, G]`` and ``[H, G]`` weight gradients at every step).
-  Forward mode, ``jax.hessian`` and forward-over-reverse work through the same rule;
+* :data:`masked_scan` (the default) has a hand-written VJP: the backward loop does one
+  ``dgates @ W_hh`` per step and writes the gate gradients over the saved pre-activations; every
+  weight gradient and the input gradient are then large GEMMs after the loop (autodiff of the plain
+  scan would accumulate ``[F, G]`` and ``[H, G]`` weight gradients at every step);
+* :data:`masked_scan_jvp` (``forward_mode=True``) computes the same function with a custom JVP
+  instead, whose tangent map hoists every term that does not depend on the previous step
+  (``dx @ W_ih``, ``x @ dW_ih``, ``h @ dW_hh``...) out of the loop as GEMMs; JAX transposes it for
+  reverse mode, and forward mode, ``jax.hessian`` and forward-over-reverse work. Its reverse mode is
+  slower than the hand-written one (a fresh gate-gradient buffer, measured in the benchmarks);
 * with a :class:`Staircase` schedule (built automatically when ``lengths`` are concrete), rows are
   sorted by length and time is cut into a few chunks, each scanned over only the rows still active,
   so compute follows the number of valid tokens rather than ``B * T``.
@@ -27,7 +30,6 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Mapping, Sequence
-from functools import partial
 from typing import Any, NamedTuple, Optional
 
 import jax
