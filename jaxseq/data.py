@@ -198,7 +198,7 @@ class RowPacking(NamedTuple):
         """``(rows, pieces)``: the rows asked for and the pieces in them (batch order, then slot)."""
         picked = np.arange(self.num_rows) if rows is None else np.asarray(rows, np.int64)
         if picked.ndim != 1 or (picked.size and (picked.min() < 0 or picked.max() >= self.num_rows)):
-            raise ValueError(f"picked must be a 1-D array of row indices in [0, {self.num_rows}), got "
+            raise ValueError(f"rows must be a 1-D array of row indices in [0, {self.num_rows}), got "
                              f"{picked.tolist() if picked.size < 20 else picked.shape}")
         position = np.full(self.num_rows, -1)
         position[picked] = np.arange(len(picked))

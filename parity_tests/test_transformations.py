@@ -138,7 +138,7 @@ def test_both_modes_give_the_same_gradients_and_the_default_says_why_jvp_fails()
 def test_linearize_and_jacfwd_equal_reverse_mode():
     f, args = _problem(mode="LSTM", bidi=True, hx=True)
     tangents = _tangent(args)
-    grads = jax.grad(f, argnums=(0, 1, 2, 3))(*args)
+    grads = jax.jit(jax.grad(f, argnums=(0, 1, 2, 3)))(*args)
     want = sum(jnp.vdot(g, t) for g, t in zip(jax.tree.leaves(grads), jax.tree.leaves(tangents)))
     _, lin = jax.linearize(jax.jit(f), *args)
     np.testing.assert_allclose(lin(*tangents), want, rtol=1e-10)
@@ -292,7 +292,7 @@ def test_checkpoint_grad_of_grad_and_donation():
         grads = jax.grad(f)(pp, xx)
         return jax.tree.map(lambda a, b: a - 0.1 * b, pp, grads)
 
-    expected = sgd(p, x)
+    expected = jax.jit(sgd)(p, x)
     donated = jax.jit(sgd, donate_argnums=0)(jax.tree.map(jnp.copy, p), x)
     for k in p:
         np.testing.assert_allclose(donated[k], expected[k], rtol=1e-12)
