@@ -289,6 +289,14 @@ NOTES = """## Reading the numbers
   computes the same loss; the difference to `defaults` is what forward-mode support costs in a
   training step (a fresh gate-gradient buffer of `[T, B, G]` and its zero-fill, where the
   hand-written backward pass reuses the saved pre-activations).
+- Against the previous release's code (`python -m benchmarks.compare_revisions a0aadb9`, same
+  process, 11 interleaved rounds, 2026-12-02), median ms current / a0aadb9: lstm staircase 168.2 /
+  155.8 (0.93x), traced 223.1 / 215.7 (0.97x); bilstm2 staircase 365.4 / 344.0 (0.94x), traced
+  468.1 / 501.2 (1.07x); gru staircase 131.9 / 124.8 (0.95x), traced 199.4 / 196.6 (0.99x).
+  Traced lengths: unchanged within noise. Staircase: 5-7% slower and 1-2 s longer to compile, most
+  likely the `optimization_barrier` on host lengths (it stops XLA constant-folding the row
+  permutations, which had taken seconds per compile on long batches; the permutations now run as
+  gathers); not yet separated from run-to-run noise (±5% here).
 - Measured and dropped: `unroll > 1` (slower and slower to compile), separate scans per direction
   (no gain), one fused sigmoid for all gates (a few %, within noise, changes rounding), a
   concatenated `[x, h] @ [W_ih; W_hh]` matmul (no gain). `plain masked scan` in the options table
