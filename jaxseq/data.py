@@ -8,12 +8,13 @@ examples of similar length and pads each batch to its bucket's upper boundary, s
 and the set of shapes is fixed (one per bucket, plus one per bucket for a last partial batch unless
 ``drop_last``).
 
->>> lengths = [3, 9, 4, 10, 2, 8]
->>> batches = list(bucket_by_length(lengths, batch_size=2, boundaries=(4, 10), shuffle=False))
->>> [(b.indices.tolist(), b.padded_length) for b in batches]
-[([0, 2], 4), ([4], 4), ([1, 3], 10), ([5], 10)]
->>> round(padding_fraction(lengths, batches), 3)
-0.143
+Examples:
+    >>> lengths = [3, 9, 4, 10, 2, 8]
+    >>> batches = list(bucket_by_length(lengths, batch_size=2, boundaries=(4, 10), shuffle=False))
+    >>> [(b.indices.tolist(), b.padded_length) for b in batches]
+    [([0, 2], 4), ([4], 4), ([1, 3], 10), ([5], 10)]
+    >>> round(padding_fraction(lengths, batches), 3)
+    0.143
 """
 from __future__ import annotations
 

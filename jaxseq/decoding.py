@@ -114,11 +114,12 @@ def reorder_state(state: Any, indices: jax.Array, batch_axis: Any = 0) -> Any:
       batch_axis: the batch axis of every leaf, an int or a pytree prefix of ``state`` (a jaxseq
         cell state ``[B, H]``: 0; a layer's ``h_n`` / ``c_n`` ``[L*D, B, H]``: 1).
 
-    >>> h = jnp.arange(6.0).reshape(3, 2)                           # cell state [B=3, H=2]
-    >>> layer_h = jnp.arange(6.0).reshape(1, 3, 2)                  # layer state [L*D=1, B=3, H=2]
-    >>> new = reorder_state((h, layer_h), jnp.array([2, 2, 0]), batch_axis=(0, 1))
-    >>> new[0][:, 0].tolist(), new[1][0, :, 0].tolist()
-    ([4.0, 4.0, 0.0], [4.0, 4.0, 0.0])
+    Examples:
+        >>> h = jnp.arange(6.0).reshape(3, 2)                           # cell state [B=3, H=2]
+        >>> layer_h = jnp.arange(6.0).reshape(1, 3, 2)                  # layer state [L*D=1, B=3, H=2]
+        >>> new = reorder_state((h, layer_h), jnp.array([2, 2, 0]), batch_axis=(0, 1))
+        >>> new[0][:, 0].tolist(), new[1][0, :, 0].tolist()
+        ([4.0, 4.0, 0.0], [4.0, 4.0, 0.0])
     """
     return jax.tree.map(lambda axis, sub: jax.tree.map(lambda a: jnp.take(a, indices, axis=axis),
                                                        sub), batch_axis, state)

@@ -219,8 +219,8 @@ def recurrent(mode: str, params: Params, x: jax.Array, lengths: Optional[ArrayLi
       ``(output, (h_n, c_n))`` for LSTM, ``(output, h_n)`` otherwise; shapes as in the module docs.
 
     Raises:
-      ValueError / TypeError: bad shapes, dtypes, (concrete) lengths or segment ids, before any
-      computation.
+      ValueError: bad shapes, (concrete) lengths or segment ids, before any computation.
+      TypeError: a bad dtype, before any computation.
     """
     s = infer_structure(mode, params)
     _check_input(s, x, batch_first)

@@ -34,7 +34,12 @@ def torch_default(key: jax.Array, mode: str, input_size: int, hidden_size: int, 
     Args:
       key: a JAX PRNG key.
       mode: ``"LSTM"``, ``"GRU"``, ``"RNN_TANH"`` or ``"RNN_RELU"``.
-      input_size, hidden_size, num_layers, bias, bidirectional, proj_size: as ``torch.nn.LSTM``.
+      input_size: as in ``torch.nn.LSTM``.
+      hidden_size: as in ``torch.nn.LSTM``.
+      num_layers: as in ``torch.nn.LSTM``.
+      bias: as in ``torch.nn.LSTM``.
+      bidirectional: as in ``torch.nn.LSTM``.
+      proj_size: as in ``torch.nn.LSTM``.
       dtype: parameter dtype.
 
     Returns:
@@ -76,8 +81,15 @@ def recommended(key: jax.Array, mode: str, input_size: int, hidden_size: int, nu
       in both vectors, a common mistake, gives twice that). GRU/RNN: all biases zero.
 
     Args:
-      key, mode, input_size, hidden_size, num_layers, bias, bidirectional, proj_size, dtype: as
-        :func:`torch_default`.
+      key: as in :func:`torch_default`.
+      mode: as in :func:`torch_default`.
+      input_size: as in :func:`torch_default`.
+      hidden_size: as in :func:`torch_default`.
+      num_layers: as in :func:`torch_default`.
+      bias: as in :func:`torch_default`.
+      bidirectional: as in :func:`torch_default`.
+      proj_size: as in :func:`torch_default`.
+      dtype: as in :func:`torch_default`.
       forget_bias: effective LSTM forget-gate bias (default 1.0); ignored with ``bias=False``.
 
     Returns:
@@ -85,12 +97,13 @@ def recommended(key: jax.Array, mode: str, input_size: int, hidden_size: int, nu
 
     Use ``functools.partial(recommended, forget_bias=2.0)`` as a module ``init=`` for another value.
 
-    >>> p = recommended(jax.random.key(0), "LSTM", 3, 2)
-    >>> (p["bias_ih_l0"] + p["bias_hh_l0"]).tolist()          # gates i, f, g, o
-    [0.0, 0.0, 1.0, 1.0, 0.0, 0.0, 0.0, 0.0]
-    >>> w = p["weight_hh_l0"][0:2]                             # gate i of W_hh, [H, H]
-    >>> bool(jnp.allclose(w @ w.T, jnp.eye(2), atol=1e-6))
-    True
+    Examples:
+        >>> p = recommended(jax.random.key(0), "LSTM", 3, 2)
+        >>> (p["bias_ih_l0"] + p["bias_hh_l0"]).tolist()          # gates i, f, g, o
+        [0.0, 0.0, 1.0, 1.0, 0.0, 0.0, 0.0, 0.0]
+        >>> w = p["weight_hh_l0"][0:2]                             # gate i of W_hh, [H, H]
+        >>> bool(jnp.allclose(w @ w.T, jnp.eye(2), atol=1e-6))
+        True
     """
     s = Structure(mode, input_size, hidden_size, num_layers, bias, bidirectional, proj_size)
     shapes = param_shapes(s)

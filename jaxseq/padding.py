@@ -92,9 +92,10 @@ def unpad_sequence(padded: jax.Array, lengths: jax.Array,
         value outside ``[0, T]``.
       TypeError: ``lengths`` is not integer.
 
-    >>> x = jnp.array([[1, 2, 3], [4, 0, 0]])          # [B=2, T=3]
-    >>> [s.tolist() for s in unpad_sequence(x, jnp.array([3, 1]), batch_first=True)]
-    [[1, 2, 3], [4]]
+    Examples:
+        >>> x = jnp.array([[1, 2, 3], [4, 0, 0]])          # [B=2, T=3]
+        >>> [s.tolist() for s in unpad_sequence(x, jnp.array([3, 1]), batch_first=True)]
+        [[1, 2, 3], [4]]
     """
     padded = jnp.asarray(padded)
     if padded.ndim < 2:
