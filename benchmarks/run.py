@@ -293,10 +293,16 @@ NOTES = """## Reading the numbers
   process, 11 interleaved rounds, 2026-12-02), median ms current / a0aadb9: lstm staircase 168.2 /
   155.8 (0.93x), traced 223.1 / 215.7 (0.97x); bilstm2 staircase 365.4 / 344.0 (0.94x), traced
   468.1 / 501.2 (1.07x); gru staircase 131.9 / 124.8 (0.95x), traced 199.4 / 196.6 (0.99x).
-  Traced lengths: unchanged within noise. Staircase: 5-7% slower and 1-2 s longer to compile, most
-  likely the `optimization_barrier` on host lengths (it stops XLA constant-folding the row
-  permutations, which had taken seconds per compile on long batches; the permutations now run as
-  gathers); not yet separated from run-to-run noise (±5% here).
+  Traced lengths: unchanged within noise. Staircase: 5-7% slower and 1-2 s longer to compile.
+  Suspected cause: the `optimization_barrier` on host lengths, which keeps XLA from constant-folding
+  the row permutations, so they run as gathers. It was tested directly, current code against the
+  same code without the barrier, in two runs of 15 rounds each:
+  - lstm staircase 1.04x (the barrier faster);
+  - gru staircase 0.87x and 0.92x (the barrier slower);
+  - compile 6-8 s with the barrier against 13.5-16.6 s without. Without it, XLA also warns that
+    constant folding is slow.
+  The barrier stays: it halves the compile time, and its run-time effect is within the ±5-10%
+  run-to-run noise of this machine.
 - Measured and dropped: `unroll > 1` (slower and slower to compile), separate scans per direction
   (no gain), one fused sigmoid for all gates (a few %, within noise, changes rounding), a
   concatenated `[x, h] @ [W_ih; W_hh]` matmul (no gain). `plain masked scan` in the options table
