@@ -31,15 +31,12 @@ def torch_default(key: jax.Array, mode: str, input_size: int, hidden_size: int, 
                   dtype: jnp.dtype = jnp.float32) -> dict[str, jax.Array]:
     """torch's default initialisation: every parameter ``U(-1/sqrt(hidden_size), 1/sqrt(hidden_size))``.
 
+    ``input_size``, ``hidden_size``, ``num_layers``, ``bias``, ``bidirectional`` and ``proj_size``
+    are those of ``torch.nn.LSTM``.
+
     Args:
       key: a JAX PRNG key.
       mode: ``"LSTM"``, ``"GRU"``, ``"RNN_TANH"`` or ``"RNN_RELU"``.
-      input_size: as in ``torch.nn.LSTM``.
-      hidden_size: as in ``torch.nn.LSTM``.
-      num_layers: as in ``torch.nn.LSTM``.
-      bias: as in ``torch.nn.LSTM``.
-      bidirectional: as in ``torch.nn.LSTM``.
-      proj_size: as in ``torch.nn.LSTM``.
       dtype: parameter dtype.
 
     Returns:
@@ -80,16 +77,9 @@ def recommended(key: jax.Array, mode: str, input_size: int, hidden_size: int, nu
       torch adds ``bias_ih + bias_hh``, so the *effective* forget bias is ``forget_bias`` (setting it
       in both vectors, a common mistake, gives twice that). GRU/RNN: all biases zero.
 
+    Takes the arguments of :func:`torch_default`, and:
+
     Args:
-      key: as in :func:`torch_default`.
-      mode: as in :func:`torch_default`.
-      input_size: as in :func:`torch_default`.
-      hidden_size: as in :func:`torch_default`.
-      num_layers: as in :func:`torch_default`.
-      bias: as in :func:`torch_default`.
-      bidirectional: as in :func:`torch_default`.
-      proj_size: as in :func:`torch_default`.
-      dtype: as in :func:`torch_default`.
       forget_bias: effective LSTM forget-gate bias (default 1.0); ignored with ``bias=False``.
 
     Returns:

@@ -12,6 +12,7 @@
 * NaN / inf at padded positions change no output and no gradient, bit for bit.
 """
 import functools
+import itertools
 import json
 import os
 import subprocess
@@ -28,6 +29,7 @@ import jaxseq
 from jaxseq import functional as F
 from jaxseq.parity import harness
 from jaxseq.parity.harness import Config
+from parity_tests.cases import split_cases
 from parity_tests.test_property_parity import assert_matches_torch
 
 REPO = Path(__file__).resolve().parents[1]
@@ -156,9 +158,9 @@ def _low_precision_case(cell: str, dtype: str):
     return np.asarray(out, np.float32), {k: np.asarray(g, np.float32) for k, g in grads.items()}
 
 
-@pytest.mark.parametrize("cell, dtype", [(cell, "bfloat16") for cell in LOW_PRECISION_CELLS] + [
-    ("LSTM-P4", "float16")] + [pytest.param(cell, "float16", marks=pytest.mark.slow)
-                               for cell in list(LOW_PRECISION_CELLS)[1:]])
+@pytest.mark.parametrize("cell, dtype", split_cases(
+    itertools.product(LOW_PRECISION_CELLS, ["bfloat16", "float16"]),
+    default=[(cell, "bfloat16") for cell in LOW_PRECISION_CELLS] + [("LSTM-P4", "float16")]))
 def test_low_precision_params_close_to_float32(cell, dtype):
     out32, g32 = _low_precision_case(cell, "float32")
     out, grads = _low_precision_case(cell, dtype)

@@ -18,6 +18,7 @@ import pytest
 from jaxseq import functional, init
 from jaxseq.scan import Staircase, staircase
 from jaxseq.parity.harness import Config, random_lengths, run
+from parity_tests.cases import case_id, split_cases
 
 TOL = {"float64": 1e-10, "float32": 1e-5}
 
@@ -49,38 +50,26 @@ def _lengths(cfg):
 # Default run: float64 on a diagonal of the config list (every cell, each layers x direction
 # combination once) and on the edge cases, float32 on two; the rest of the matrix is ``slow``.
 DIAGONAL = [CONFIGS[4 * m + m % 4] for m in range(5)]
-STAIRCASE_CASES = ([(c, "float64") for c in DIAGONAL + EDGE]
-                   + [(c, "float32") for c in (CONFIGS[13], EDGE[0])])
-#: the remaining staircase cases (the whole config list in both dtypes), behind ``slow``
-STAIRCASE_SLOW = ([(c, "float64") for c in CONFIGS if c not in DIAGONAL]
-                  + [(c, "float32") for c in CONFIGS + EDGE[1:] if c is not CONFIGS[13]])
+STAIRCASE_CASES = split_cases(
+    [(c, d) for d in ("float64", "float32") for c in CONFIGS + EDGE],
+    default=[(c, "float64") for c in DIAGONAL + EDGE] + [(CONFIGS[13], "float32"), (EDGE[0], "float32")])
 
 
-@pytest.mark.parametrize("cfg, dtype", STAIRCASE_CASES,
-                         ids=[f"{c.label()}-{d}" for c, d in STAIRCASE_CASES])
+@pytest.mark.parametrize("cfg, dtype", STAIRCASE_CASES, ids=case_id)
 def test_staircase_concrete_lengths(cfg, dtype):
     """Default path with host lengths: the automatic staircase (default time_chunks)."""
     _check(cfg, dtype, concrete_lengths=True)
 
 
-@pytest.mark.slow
-@pytest.mark.parametrize("cfg, dtype", STAIRCASE_SLOW,
-                         ids=[f"{c.label()}-{d}" for c, d in STAIRCASE_SLOW])
-def test_staircase_concrete_lengths_full(cfg, dtype):
-    _check(cfg, dtype, concrete_lengths=True)
-
-
-@pytest.mark.parametrize("cfg, time_chunks", [
-    (CONFIGS[0], 8), (EDGE[0], 2), pytest.param(CONFIGS[0], 2, marks=pytest.mark.slow),
-    pytest.param(CONFIGS[10], 2, marks=pytest.mark.slow),
-    pytest.param(CONFIGS[10], 8, marks=pytest.mark.slow),
-    pytest.param(EDGE[0], 8, marks=pytest.mark.slow)], ids=lambda v: v.label() if isinstance(v, Config) else str(v))
+@pytest.mark.parametrize("cfg, time_chunks", split_cases(
+    itertools.product(CONFIGS[::10] + EDGE[:1], [2, 8]), default=[(CONFIGS[0], 8), (EDGE[0], 2)]),
+    ids=case_id)
 def test_staircase_chunk_counts(cfg, time_chunks):
     _check(cfg, "float64", concrete_lengths=True, time_chunks=time_chunks)
 
 
-@pytest.mark.parametrize("cfg", CONFIGS[13::6] + [
-    pytest.param(c, marks=pytest.mark.slow) for c in CONFIGS[1:13:6] + EDGE[:1]], ids=Config.label)
+@pytest.mark.parametrize("cfg", split_cases(CONFIGS[1::6] + EDGE[:1], default=CONFIGS[13::6]),
+                         ids=case_id)
 def test_explicit_staircase_with_traced_lengths(cfg):
     """A host-built Staircase passed as a static option while the lengths are traced."""
     plan = staircase(_lengths(cfg), cfg.time, num_chunks=5, row_multiple=1)
@@ -88,18 +77,17 @@ def test_explicit_staircase_with_traced_lengths(cfg):
     _check(cfg, "float64", time_chunks=plan)
 
 
-@pytest.mark.parametrize("cfg, options", [
-    (CONFIGS[12], dict(unroll=3)), (CONFIGS[12], dict(time_chunks=1, unroll=2)),
-    (CONFIGS[2], dict(time_chunks=1, unroll=2)),
-    pytest.param(CONFIGS[2], dict(unroll=3), marks=pytest.mark.slow)],
-    ids=lambda v: v.label() if isinstance(v, Config) else "-".join(f"{k}{n}" for k, n in v.items()))
+@pytest.mark.parametrize("cfg, options", split_cases(
+    itertools.product(CONFIGS[2::10], [dict(unroll=3), dict(time_chunks=1, unroll=2)]),
+    default=[(CONFIGS[12], dict(unroll=3)), (CONFIGS[12], dict(time_chunks=1, unroll=2)),
+             (CONFIGS[2], dict(time_chunks=1, unroll=2))]), ids=case_id)
 def test_unroll(cfg, options):
     _check(cfg, "float64", concrete_lengths=True, **options)
 
 
 # --- masks: staircase vs plain scan (same function, different schedule) -----------------------
-@pytest.mark.parametrize("mode, bidirectional", [
-    ("LSTM", True), pytest.param("GRU", False, marks=pytest.mark.slow)])
+@pytest.mark.parametrize("mode, bidirectional", split_cases([("LSTM", True), ("GRU", False)],
+                                                          default=[("LSTM", True)]))
 def test_masks_match_between_paths(mode, bidirectional):
     T, B, I, H, L = 9, 13, 3, 5, 2
     D = 2 if bidirectional else 1
