@@ -17,12 +17,13 @@ Public API (the README has the torch -> jaxseq map):
   :func:`keep_mask` (plus ``recurrent_dropout`` / ``weight_drop`` on the layers);
 * packed rows (several sequences per row, ``segment_ids=`` on the layers): per-segment helpers
   :func:`segment_last`, :func:`segment_sum`, :func:`segment_mean`, :func:`segment_max`,
-  :func:`segment_lengths`, :func:`segment_broadcast` (:mod:`jaxseq.segments`);
+  :func:`segment_lengths`, :func:`segment_broadcast`, the per-step masks :func:`segment_starts`,
+  :func:`segment_ends` (:mod:`jaxseq.segments`);
 * host-side data: :mod:`jaxseq.data` (:func:`bucket_by_length`, :func:`pack_rows`);
 * serving: :func:`jaxseq.export.export_model` (a ``jax.export`` artifact, symbolic batch and time);
 * validation: :func:`check_lengths`, :func:`checked` (length checks under ``jit``).
 """
-from jaxseq import data, decoding, export, functional, init, layout, segments
+from jaxseq import data, decoding, export, functional, fused, init, layout, segments
 from jaxseq.cells import GRUCell, LSTMCell, RNNCell
 from jaxseq.data import bucket_by_length, pack_rows
 from jaxseq.decoding import (
@@ -42,10 +43,12 @@ from jaxseq.pooling import masked_max, masked_mean, masked_sum
 from jaxseq.recurrent import GRU, LSTM, RNN, RecurrentBase
 from jaxseq.segments import (
                              segment_broadcast,
+                             segment_ends,
                              segment_last,
                              segment_lengths,
                              segment_max,
                              segment_mean,
+                             segment_starts,
                              segment_sum,
 )
 from jaxseq.validation import check_lengths, checked
@@ -73,6 +76,7 @@ __all__ = [
                              "embedding_dropout",
                              "export",
                              "functional",
+                             "fused",
                              "greedy_decode",
                              "init",
                              "keep_mask",
@@ -91,10 +95,12 @@ __all__ = [
                              "reorder_state",
                              "reverse_padded",
                              "segment_broadcast",
+                             "segment_ends",
                              "segment_last",
                              "segment_lengths",
                              "segment_max",
                              "segment_mean",
+                             "segment_starts",
                              "segment_sum",
                              "segments",
                              "teacher_forcing",

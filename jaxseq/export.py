@@ -22,7 +22,9 @@ The parameters are constants of the artifact (its size is about the parameters' 
 program). Export in evaluation mode: training-mode dropout draws from a stateful RNG stream. Host
 (concrete) lengths and the staircase schedule cannot be exported (lengths are traced there, so the
 plain masked scan runs); ``max_segments`` of packed rows is baked in. :func:`jaxseq.checked`
-(checkify) does not export: check lengths before calling the artifact.
+(checkify) does not export: check lengths before calling the artifact. Layers with
+``impl="cudnn"`` or ``"auto"`` export their masked scan (the fused kernel's custom call is not
+exportable).
 """
 from __future__ import annotations
 
@@ -31,6 +33,8 @@ from typing import Any, Optional
 
 import jax
 from flax import nnx
+
+from jaxseq.fused import scan_only
 
 
 def export_model(model: nnx.Module | Callable[..., Any], *args_spec: Any,
@@ -69,4 +73,5 @@ def export_model(model: nnx.Module | Callable[..., Any], *args_spec: Any,
     else:
         def fn(*args: Any) -> Any:
             return model(*args, **call_kwargs)
-    return jax.export.export(jax.jit(fn), platforms=platforms)(*args_spec)
+    with scan_only():   # the cuDNN custom call is not on jax.export's list of stable calls
+        return jax.export.export(jax.jit(fn), platforms=platforms)(*args_spec)

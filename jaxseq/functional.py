@@ -17,6 +17,12 @@ Semantics are those of torch's ``nn.LSTM/GRU/RNN`` on a ``PackedSequence`` built
 * padded input content never matters: it is replaced by 0 with ``jnp.where`` before use, so NaN or
   inf there reaches no output and no gradient (the input gradient is exactly 0 there).
 
+Cost of a call: every entry point validates its arguments in Python (concrete values are checked
+on the host, before any computation) and then runs one compiled function, cached per shapes,
+dtypes and static options. Called outside ``jit`` (eagerly), a layer therefore compiles once for a
+given batch shape and never again for new lengths or new values; inside ``jit`` the cached
+function is traced into the caller's program.
+
 Example:
   >>> import jax, jax.numpy as jnp
   >>> from jaxseq import functional as F, init
@@ -30,23 +36,58 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from functools import partial
-from typing import Any, Optional, Union
+from typing import Any, NamedTuple, Optional, Union
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 from jax.typing import ArrayLike
 
+from jaxseq.fused import KERNELS, fused_lstm, resolve_impl
 from jaxseq.gates import CELLS
 from jaxseq.layout import Structure, infer_cell, infer_structure
-from jaxseq.scan import Staircase, layer_weights, run_layer, run_segment_layer, staircase
-from jaxseq.segments import SegmentLayout, check_segment_ids, segment_layout
-from jaxseq.validation import check_floating, check_lengths, check_size, is_concrete
+from jaxseq.scan import (
+    ScanOptions,
+    Staircase,
+    layer_weights,
+    run_layer,
+    run_segment_layer,
+    scan_options,
+    staircase,
+)
+from jaxseq.segments import check_segment_ids, segment_layout
+from jaxseq.validation import check_floating, check_lengths, is_concrete
 
 Params = Mapping[str, jax.Array]
 
-#: Default ``time_chunks``: staircase chunks used when ``lengths`` are concrete.
-DEFAULT_TIME_CHUNKS = 6
+#: Default ``time_chunks``: ``1``, the plain masked scan. A staircase schedule runs only when
+#: asked for (``time_chunks > 1`` with concrete lengths, or a :class:`~jaxseq.scan.Staircase`).
+DEFAULT_TIME_CHUNKS = 1
+
+
+class Masks(NamedTuple):
+    """The per-layer dropout multipliers of one call (``None``: that dropout is off).
+
+    ``dropout``: ``L-1`` masks on the outputs of layers ``0..L-2``; ``state``: ``L`` masks on
+    ``h_{t-1}`` where it enters ``W_hh``; ``weight_hh``: ``L`` masks on ``W_hh``. Entries of a list
+    may be ``None`` too. Shapes: see :func:`recurrent`.
+    """
+
+    dropout: Optional[list] = None
+    state: Optional[list] = None
+    weight_hh: Optional[list] = None
+
+
+class _Call(NamedTuple):
+    """The static part of one :func:`recurrent` call: the jitted core's cache key."""
+
+    mode: str
+    batch_first: bool
+    unbatched: bool
+    max_segments: Optional[int]     # packed rows (segment_ids) when not None
+    plan: Optional[Staircase]
+    options: ScanOptions
+    impl: str                       # "scan" or a fused kernel (jaxseq.fused.KERNELS)
 
 
 def _state_shapes(s: Structure, batch: int, segments: Optional[int] = None) -> list[tuple[int, ...]]:
@@ -82,8 +123,8 @@ def _check_input(s: Structure, x: Any, batch_first: bool = False) -> None:
 
 
 def _check_state(s: Structure, hx: Any, batch: int, unbatched: bool,
-                 segments: Optional[int] = None) -> list[jax.Array]:
-    """Validate ``hx`` and return it as a list ``[h0]`` or ``[h0, c0]`` of batched arrays."""
+                 segments: Optional[int] = None) -> list[Any]:
+    """Validate ``hx`` and return it as a list ``[h0]`` or ``[h0, c0]`` (in the caller's layout)."""
     names = ["h_0", "c_0"] if s.mode == "LSTM" else ["h_0"]
     if s.mode == "LSTM":
         if not isinstance(hx, (tuple, list)) or len(hx) != 2:
@@ -93,20 +134,18 @@ def _check_state(s: Structure, hx: Any, batch: int, unbatched: bool,
         if isinstance(hx, (tuple, list)):
             raise TypeError(f"{s.mode} expects hx=h_0 (a single array), got {_describe(hx)}")
         parts = [hx]
-    out = []
     for name, part, want in zip(names, parts, _state_shapes(s, batch, segments)):
         want = want[:1] + want[2:] if unbatched else want
         got = tuple(getattr(part, "shape", ()))
         if got != want:
             raise ValueError(f"Expected hidden size {want} for {name}, got {got}")
         check_floating(part.dtype, name)
-        out.append(part[:, None] if unbatched else part)
-    return out
+    return parts
 
 
-def _per_layer(masks: Optional[Sequence[Any]], count: int, what: str) -> list[Any]:
+def _per_layer(masks: Optional[Sequence[Any]], count: int, what: str) -> Optional[list[Any]]:
     if masks is None:
-        return [None] * count
+        return None
     masks = list(masks)
     if len(masks) != count:
         per = "one per layer boundary" if what == "dropout_masks" else "one per layer"
@@ -115,12 +154,17 @@ def _per_layer(masks: Optional[Sequence[Any]], count: int, what: str) -> list[An
     return masks
 
 
-def _check_broadcast(masks: Sequence[Any], target: tuple[int, ...], what: str, layout: str) -> None:
-    """Raise ``ValueError`` unless every non-``None`` mask broadcasts to ``target`` (no growth)."""
-    for i, mask in enumerate(masks):
+def _check_broadcast(masks: Optional[Sequence[Any]], target: tuple[int, ...], what: str,
+                     layout: str, reshape: Any = None) -> None:
+    """Raise ``ValueError`` unless every non-``None`` mask broadcasts to ``target`` (no growth).
+
+    ``reshape`` maps a mask's shape to the layout of ``target`` first (no array is touched).
+    """
+    for i, mask in enumerate(masks or ()):
         if mask is None:
             continue
         shape = tuple(jnp.shape(mask))
+        shape = shape if reshape is None else reshape(shape)
         try:
             fits = np.broadcast_shapes(shape, target) == target
         except ValueError:
@@ -128,6 +172,15 @@ def _check_broadcast(masks: Sequence[Any], target: tuple[int, ...], what: str, l
         if not fits:
             raise ValueError(f"{what}[{i}] has shape {shape}, which does not broadcast to {target} "
                              f"({layout})")
+
+
+def _time_major_shape(shape: tuple[int, ...], unbatched: bool, batch_first: bool) -> tuple[int, ...]:
+    """The shape :func:`_time_major_mask` gives a mask of ``shape``."""
+    if unbatched:
+        return shape[:1] + (1,) + shape[1:] if len(shape) == 2 else shape
+    if batch_first and len(shape) == 3:
+        return (shape[1], shape[0], shape[2])
+    return shape
 
 
 def _time_major_mask(mask: Any, unbatched: bool, batch_first: bool) -> Any:
@@ -167,8 +220,8 @@ def recurrent(mode: str, params: Params, x: jax.Array, lengths: Optional[ArrayLi
               state_masks: Optional[Sequence[Optional[jax.Array]]] = None,
               weight_hh_masks: Optional[Sequence[Optional[jax.Array]]] = None,
               unroll: int = 1, time_chunks: Union[int, Staircase] = DEFAULT_TIME_CHUNKS,
-              compute_dtype: Optional[Any] = None,
-              forward_mode: bool = False) -> tuple[jax.Array, Any]:
+              compute_dtype: Optional[Any] = None, forward_mode: bool = False,
+              input_projection: Optional[str] = None, impl: str = "scan") -> tuple[jax.Array, Any]:
     """Run a torch-compatible recurrent stack over a padded batch, or over packed rows.
 
     Args:
@@ -197,13 +250,16 @@ def recurrent(mode: str, params: Params, x: jax.Array, lengths: Optional[ArrayLi
       weight_hh_masks: ``L`` multipliers broadcastable to ``[D, G, H_out]`` applied to ``W_hh`` for the
         whole call (weight drop / DropConnect).
       unroll: ``lax.scan`` unroll factor.
-      time_chunks: when ``lengths`` are concrete (host values, not traced), rows are sorted by length
-        and time is cut into at most this many chunks, each scanned over only the rows still active
-        (:func:`jaxseq.scan.staircase`), so compute follows the number of valid tokens; ``1`` always
-        runs the plain masked scan over ``B * T`` steps. A :class:`jaxseq.scan.Staircase` built on the
-        host from the batch's lengths may be passed instead (as a static argument), which also works
-        with traced ``lengths``; it must cover them (checked when they are concrete). Results are the
-        same either way. Packed rows are dense already: there the setting is ignored.
+      time_chunks: ``1`` (default) runs the plain masked scan over all ``B * T`` row-steps. An
+        integer ``k > 1`` asks for a staircase when ``lengths`` are concrete (host values, not
+        traced): rows are sorted by length and time is cut into at most ``k`` chunks, each scanned
+        over only the rows still active (:func:`jaxseq.scan.staircase`), so compute follows the
+        number of valid tokens, at the price of one compilation per distinct schedule (bucket
+        batches by length, :func:`jaxseq.data.bucket_by_length`). A
+        :class:`jaxseq.scan.Staircase` built on the host from the batch's lengths may be passed
+        instead (a static argument), which also works with traced ``lengths``; it must cover them
+        (checked when they are concrete). Results are the same either way. Packed rows are dense
+        already: there the setting is ignored.
       compute_dtype: ``None`` (default: matmuls in the parameter dtype, torch's numerics) or a dtype
         for the operands of every matmul, e.g. ``jnp.bfloat16`` (mixed precision: products are
         accumulated in, and the cell math, states, outputs and gradients stay in, the parameter
@@ -214,6 +270,18 @@ def recurrent(mode: str, params: Params, x: jax.Array, lengths: Optional[ArrayLi
         custom JVP instead, so ``jax.jvp``, ``jacfwd``, ``linearize``, ``hessian`` and
         forward-over-reverse work too; reverse mode is then JAX's transpose of that JVP, which
         costs more (measured in ``docs/benchmarks.md``). Results are the same either way.
+      input_projection: where ``x_t @ W_ih`` is computed: ``"in_loop"`` (next to ``h @ W_hh``, at
+        every step) or ``"hoisted"`` (one GEMM over all steps before the loop); ``None`` (default):
+        the backend's default (:data:`jaxseq.scan.INPUT_PROJECTION_DEFAULTS`). Which is faster
+        depends on the machine: :func:`jaxseq.tuning.measure_input_projection` measures it once.
+        Results are the same either way (up to float rounding).
+      impl: ``"scan"`` (default): the masked scan; ``"cudnn"``: the fused cuDNN LSTM
+        (``jax.experimental.rnn.lstm``), raising a ``ValueError`` naming the first condition it
+        cannot serve (no CUDA backend, GRU/RNN, ``proj_size``, a dtype other than float32,
+        ``compute_dtype``, ``segment_ids``, ``state_masks``, ``forward_mode``) before any
+        computation; ``"auto"``: the fused kernel where it applies, the scan elsewhere (always
+        the scan on CPU). Same results within float32 tolerance; see :mod:`jaxseq.fused`. Not yet
+        verified on GPU hardware (``docs/benchmarks.md``).
 
     Returns:
       ``(output, (h_n, c_n))`` for LSTM, ``(output, h_n)`` otherwise; shapes as in the module docs.
@@ -224,94 +292,127 @@ def recurrent(mode: str, params: Params, x: jax.Array, lengths: Optional[ArrayLi
     """
     s = infer_structure(mode, params)
     _check_input(s, x, batch_first)
-    unroll = check_size(unroll, "unroll")
     unbatched = x.ndim == 2
+    options = scan_options(unroll=unroll, compute_dtype=compute_dtype, forward_mode=forward_mode,
+                           input_projection=input_projection)
     packed = segment_ids is not None
     if packed and lengths is not None:
         raise ValueError("`lengths` and `segment_ids` are mutually exclusive: packed rows take their "
                          "sequence boundaries from `segment_ids`")
     if not packed and max_segments is not None:
         raise ValueError("`max_segments` only applies together with `segment_ids`")
-    if unbatched:
-        if lengths is not None:
-            raise ValueError("`lengths` must be None for unbatched input [T, input_size]")
-        x = x[:, None]
-        if packed:
-            ids_1d = jnp.asarray(segment_ids)
-            if ids_1d.ndim != 1:
-                raise ValueError(f"`segment_ids` must have shape [T] for unbatched input [T, "
-                                 f"input_size], got {ids_1d.shape}")
-            segment_ids = ids_1d[:, None]
-    elif batch_first:
-        x = jnp.swapaxes(x, 0, 1)
-    T, B = x.shape[0], x.shape[1]
-    segments: Optional[SegmentLayout] = None
+    if unbatched and lengths is not None:
+        raise ValueError("`lengths` must be None for unbatched input [T, input_size]")
+    T = x.shape[1] if batch_first and not unbatched else x.shape[0]
+    B = 1 if unbatched else x.shape[0 if batch_first else 1]
     plan: Optional[Staircase] = None
-    if segment_ids is not None:
-        ids, max_segments = check_segment_ids(segment_ids, T, B, max_segments,
-                                              batch_first=batch_first and not unbatched)
-        segments = segment_layout(ids, max_segments)
-        lengths = segments.row_lengths
+    if packed:
+        if unbatched:
+            ids_1d: Any = segment_ids
+            if jnp.ndim(ids_1d) != 1:
+                raise ValueError(f"`segment_ids` must have shape [T] for unbatched input [T, "
+                                 f"input_size], got {jnp.shape(ids_1d)}")
+            segment_ids = ids_1d[:, None] if isinstance(ids_1d, jax.Array) else np.asarray(
+                ids_1d)[:, None]
+        segment_ids, max_segments = check_segment_ids(segment_ids, T, B, max_segments,
+                                                      batch_first=batch_first and not unbatched)
         if isinstance(time_chunks, Staircase):
             raise ValueError("a Staircase schedule does not apply to packed rows (`segment_ids`)")
     else:
         host_lengths = None if lengths is None or not is_concrete(lengths) else np.asarray(lengths)
-        lengths = (jnp.full((B,), T, jnp.int32) if lengths is None
-                   else check_lengths(lengths, T, B))
+        if lengths is not None:
+            lengths = check_lengths(lengths, T, B)
         plan = _schedule(time_chunks, host_lengths, T, B)
-    if compute_dtype is not None:
-        check_floating(compute_dtype, "compute_dtype")
     for name, value in params.items():
         check_floating(value.dtype, f"params[{name!r}]")
-    dtype = params["weight_ih_l0"].dtype
-    if hx is None:   # zeros_like(x): under shard_map the state varies along x's mesh axes too
-        state = [jnp.zeros_like(x, dtype, shape=shape) for shape in _state_shapes(s, B, max_segments)]
-    else:
-        state = [h.astype(dtype) for h in _check_state(s, hx, B, unbatched, max_segments)]
+    state = None if hx is None else _check_state(s, hx, B, unbatched, max_segments)
     L, D, H_out = s.num_layers, s.num_directions, s.output_size
-    drop = [_time_major_mask(m, unbatched, batch_first)
-            for m in _per_layer(dropout_masks, L - 1, "dropout_masks")]
-    _check_broadcast(drop, (T, B, D * H_out), "dropout_masks", "[T, B, D*H_out], time-major")
-    smasks = _per_layer(state_masks, L, "state_masks")
-    if segments is not None:
-        _check_broadcast(smasks, (D, B, segments.max_segments, H_out), "state_masks",
+    masks = Masks(_per_layer(dropout_masks, L - 1, "dropout_masks"),
+                  _per_layer(state_masks, L, "state_masks"),
+                  _per_layer(weight_hh_masks, L, "weight_hh_masks"))
+    _check_broadcast(masks.dropout, (T, B, D * H_out), "dropout_masks",
+                     "[T, B, D*H_out], time-major",
+                     reshape=partial(_time_major_shape, unbatched=unbatched, batch_first=batch_first))
+    if packed:
+        _check_broadcast(masks.state, (D, B, max_segments or 0, H_out), "state_masks",
                          "[D, B, S, H_out]")
     else:
-        _check_broadcast(smasks, (D, B, H_out), "state_masks", "[D, B, H_out]")
-    wmasks = _per_layer(weight_hh_masks, L, "weight_hh_masks")
-    _check_broadcast(wmasks, (D, s.gates * s.hidden_size, H_out), "weight_hh_masks", "[D, G, H_out]")
+        _check_broadcast(masks.state, (D, B, H_out), "state_masks", "[D, B, H_out]")
+    _check_broadcast(masks.weight_hh, (D, s.gates * s.hidden_size, H_out), "weight_hh_masks",
+                     "[D, G, H_out]")
+    kernel = resolve_impl(impl, s, params["weight_ih_l0"].dtype, options, packed=packed,
+                          state_masks=any(m is not None for m in masks.state or ()))
+    call = _Call(mode, bool(batch_first), unbatched, max_segments if packed else None,
+                 plan if kernel == "scan" else None, options, kernel)
+    return _recurrent_core(dict(params), x, lengths, state, segment_ids, masks, call=call)
 
+
+@partial(jax.jit, static_argnames=("call",))
+def _recurrent_core(params: Params, x: jax.Array, lengths: Optional[jax.Array],
+                    state: Optional[list[jax.Array]], segment_ids: Optional[jax.Array],
+                    masks: Masks, *, call: _Call) -> tuple[jax.Array, Any]:
+    """The compiled body of :func:`recurrent` (arguments validated there; ``segment_ids`` already
+    time-major ``[T, B]``)."""
+    s = infer_structure(call.mode, params)
+    if call.unbatched:
+        x = x[:, None]
+        state = None if state is None else [h[:, None] for h in state]
+    elif call.batch_first:
+        x = jnp.swapaxes(x, 0, 1)
+    T, B = x.shape[0], x.shape[1]
+    L, D, H_out = s.num_layers, s.num_directions, s.output_size
+    dtype = params["weight_ih_l0"].dtype
+    zero_init = state is None
+    if state is None:   # zeros_like(x): under shard_map the state varies along x's mesh axes too
+        state = [jnp.zeros_like(x, dtype, shape=shape)
+                 for shape in _state_shapes(s, B, call.max_segments)]
+    else:
+        state = [h.astype(dtype) for h in state]
     if B == 0:   # an empty batch (an empty shard, a filtered-out batch): torch's empty results
-        output = jnp.zeros((T, 0, D * H_out), dtype)
-        return _finish(mode, output, state, unbatched, batch_first)
+        return _finish(call, jnp.zeros((T, 0, D * H_out), dtype), state)
+    segments = None
+    if call.max_segments is not None:
+        assert segment_ids is not None
+        segments = segment_layout(segment_ids, call.max_segments)
+        lengths = segments.row_lengths
+    elif lengths is None:
+        lengths = jnp.full((B,), T, jnp.int32)
+    drop = [_time_major_mask(m, call.unbatched, call.batch_first)
+            for m in masks.dropout or [None] * (L - 1)]
+    smasks = masks.state or [None] * L
+    wmasks = masks.weight_hh or [None] * L
     valid = jnp.arange(T)[:, None] < lengths[None, :]                       # [T, B]
     layer_in = jnp.where(valid[..., None], x.astype(dtype), jnp.zeros((), dtype))
+    if call.impl != "scan":
+        output, h_n = fused_lstm(params, s, layer_in, lengths, state, drop, wmasks,
+                                 KERNELS[call.impl])
+        return _finish(call, output, h_n)
     finals = []
     for layer in range(L):
         carry0 = tuple(h[layer * D:(layer + 1) * D] for h in state)
-        options = dict(state_mask=smasks[layer], weight_hh_mask=wmasks[layer], unroll=unroll,
-                       compute_dtype=compute_dtype, forward_mode=bool(forward_mode))
         if segments is not None:
-            layer_in, carry = run_segment_layer(mode, params, layer, D, layer_in, segments, carry0,
-                                                zero_init=hx is None, **options)
+            layer_in, carry = run_segment_layer(call.mode, params, layer, D, layer_in, segments,
+                                                carry0, call.options, zero_init=zero_init,
+                                                state_mask=smasks[layer],
+                                                weight_hh_mask=wmasks[layer])
         else:
-            layer_in, carry = run_layer(mode, params, layer, D, layer_in, lengths, carry0,
-                                        plan=plan, **options)
+            layer_in, carry = run_layer(call.mode, params, layer, D, layer_in, lengths, carry0,
+                                        call.options, plan=call.plan, state_mask=smasks[layer],
+                                        weight_hh_mask=wmasks[layer])
         finals.append(carry)
         if layer < L - 1 and drop[layer] is not None:
             layer_in = layer_in * drop[layer]
     h_n = [jnp.concatenate([c[i] for c in finals], axis=0) for i in range(len(state))]
-    return _finish(mode, layer_in, h_n, unbatched, batch_first)
+    return _finish(call, layer_in, h_n)
 
 
-def _finish(mode: str, output: jax.Array, h_n: list[jax.Array], unbatched: bool,
-            batch_first: bool) -> tuple[jax.Array, Any]:
+def _finish(call: _Call, output: jax.Array, h_n: list[jax.Array]) -> tuple[jax.Array, Any]:
     """Time-major ``output [T, B, ·]`` and states ``[D*L, B, ·]`` in the caller's layout."""
-    if unbatched:
+    if call.unbatched:
         output, h_n = output[:, 0], [h[:, 0] for h in h_n]
-    elif batch_first:
+    elif call.batch_first:
         output = jnp.swapaxes(output, 0, 1)
-    return output, (tuple(h_n) if mode == "LSTM" else h_n[0])
+    return output, (tuple(h_n) if call.mode == "LSTM" else h_n[0])
 
 
 lstm = partial(recurrent, "LSTM")
@@ -364,13 +465,10 @@ def cell_step(mode: str, params: Params, x: jax.Array, hx: Any = None) -> Any:
     for name, value in params.items():
         check_floating(value.dtype, f"params[{name!r}]")
     unbatched = x.ndim == 1
-    batch = 1 if unbatched else x.shape[0]
-    dtype = params["weight_ih"].dtype
     lstm = mode == "LSTM"
-    want = (hidden_size,) if unbatched else (batch, hidden_size)
-    if hx is None:
-        state = [jnp.zeros(want, dtype)] * (2 if lstm else 1)
-    else:
+    want = (hidden_size,) if unbatched else (x.shape[0], hidden_size)
+    state = None
+    if hx is not None:
         if lstm and (not isinstance(hx, (tuple, list)) or len(hx) != 2):
             raise TypeError(f"LSTMCell expects hx=(h_0, c_0), got {_describe(hx)}")
         if not lstm and isinstance(hx, (tuple, list)):
@@ -381,6 +479,18 @@ def cell_step(mode: str, params: Params, x: jax.Array, hx: Any = None) -> Any:
                 raise ValueError(f"Expected hidden size {want} for {name}, got "
                                  f"{tuple(getattr(part, 'shape', ()))}")
             check_floating(part.dtype, name)
+    return _cell_core(dict(params), x, state, mode=mode)
+
+
+@partial(jax.jit, static_argnames=("mode",))
+def _cell_core(params: Params, x: jax.Array, state: Optional[list[jax.Array]], *, mode: str) -> Any:
+    """The compiled body of :func:`cell_step` (arguments validated there)."""
+    unbatched = x.ndim == 1
+    dtype = params["weight_ih"].dtype
+    hidden = params["weight_hh"].shape[1]
+    if state is None:
+        shape = (hidden,) if unbatched else (x.shape[0], hidden)
+        state = [jnp.zeros(shape, dtype)] * (2 if mode == "LSTM" else 1)
     w, p = layer_weights(mode, {f"{k}_l0": v for k, v in params.items()}, 0, 1)
     rows = (lambda a: a.astype(dtype)[None, None]) if unbatched else (lambda a: a.astype(dtype)[None])
     carry = tuple(rows(s) for s in state)                                   # [1, B, H]
@@ -389,7 +499,7 @@ def cell_step(mode: str, params: Params, x: jax.Array, hx: Any = None) -> Any:
         xp = xp + w.bias
     new = CELLS[mode](xp, jnp.matmul(carry[0], w.w_hh_t), carry, p)
     new = tuple(n[0, 0] if unbatched else n[0] for n in new)
-    return new if lstm else new[0]
+    return new if mode == "LSTM" else new[0]
 
 
 lstm_cell = partial(cell_step, "LSTM")

@@ -14,23 +14,34 @@ from jaxseq.validation import check_lengths
 def _time_axis(batch_first: bool) -> int:
     return 1 if batch_first else 0
 
-def length_mask(lengths: jax.Array, max_len: int) -> jax.Array:
-    """Boolean validity mask ``[B, max_len]``: ``mask[b, t] = t < lengths[b]``.
+def length_mask(lengths: jax.Array, max_len: int, batch_first: bool = True) -> jax.Array:
+    """Boolean validity mask: ``mask[b, t] = t < lengths[b]``, ``[B, max_len]`` (or ``[max_len, B]``).
 
     Args:
       lengths: integer ``[B]``, ``0 <= lengths[b] <= max_len``.
       max_len: ``T``, the padded length.
+      batch_first: ``True`` (default, as ``torch.arange(T)[None] < lengths[:, None]``) gives
+        ``[B, T]``; ``False`` gives the time-major ``[T, B]`` of a ``[T, B, F]`` batch (the default
+        layout of the recurrent layers). Unlike the other helpers the default is batch-first, for
+        compatibility with earlier releases.
 
     Returns:
-      ``bool [B, max_len]``.
+      ``bool [B, max_len]`` (``[max_len, B]`` with ``batch_first=False``).
+
+    Raises:
+      ValueError / TypeError: as :func:`jaxseq.check_lengths`.
 
     >>> length_mask(jnp.array([2, 0, 3]), 3).astype(int)
     Array([[1, 1, 0],
            [0, 0, 0],
            [1, 1, 1]], dtype=int32)
+    >>> length_mask(jnp.array([2, 0, 3]), 3, batch_first=False).shape
+    (3, 3)
     """
     lengths = check_lengths(lengths, max_len)
-    return jnp.arange(max_len)[None, :] < lengths[:, None]
+    if batch_first:
+        return jnp.arange(max_len)[None, :] < lengths[:, None]
+    return jnp.arange(max_len)[:, None] < lengths[None, :]
 
 def reverse_within_length(x: jax.Array, lengths: jax.Array, t_axis: int = 0) -> jax.Array:
     """Unchecked core of :func:`reverse_padded`: ``lengths`` must already be valid ``int32 [B]``.

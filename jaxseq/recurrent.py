@@ -8,7 +8,8 @@ from __future__ import annotations
 
 import warnings
 from collections.abc import Mapping, Sequence
-from typing import Any, Optional
+from functools import partial
+from typing import Any, NamedTuple, Optional
 
 import jax
 import jax.numpy as jnp
@@ -18,8 +19,9 @@ from flax.nnx.module import first_from
 from jaxseq import functional
 from jaxseq import init as initializers
 from jaxseq.dropout import _key_from, check_rate, keep_mask
+from jaxseq.fused import IMPLS, cudnn_problem
 from jaxseq.layout import Structure, describe, param_name, param_shapes
-from jaxseq.scan import Staircase
+from jaxseq.scan import Staircase, scan_options
 from jaxseq.segments import infer_max_segments
 from jaxseq.validation import check_floating, check_size
 
@@ -41,14 +43,22 @@ class RecurrentBase(nnx.Module):
       deterministic: initial mode; ``True`` (evaluation: no dropout) by default. ``module.train()`` /
         ``module.eval()`` switch it, as for ``nnx.Dropout``.
       unroll: ``lax.scan`` unroll factor.
-      time_chunks: staircase size used when ``lengths`` are concrete (see
-        :func:`jaxseq.functional.recurrent`); ``1`` always runs the plain masked scan. A call may
-        override it (e.g. with a :class:`jaxseq.scan.Staircase` for traced lengths).
+      time_chunks: ``1`` (default) runs the plain masked scan; ``k > 1`` asks for a staircase of at
+        most ``k`` chunks when ``lengths`` are concrete (one compilation per length pattern; see
+        :func:`jaxseq.functional.recurrent`). A call may override it (e.g. with a
+        :class:`jaxseq.scan.Staircase` for traced lengths).
       compute_dtype: ``None`` (default) or the matmul operand dtype, e.g. ``jnp.bfloat16`` for mixed
         precision with float32 parameters and states (see :func:`jaxseq.functional.recurrent`).
       forward_mode: ``True`` makes forward-mode AD work (``jax.jvp``, ``jacfwd``, ``hessian``...)
         at some cost in reverse mode; default ``False``, the fastest training step (see
         :func:`jaxseq.functional.recurrent`).
+      input_projection: ``"in_loop"``, ``"hoisted"`` or ``None`` (the backend's default): where
+        ``x_t @ W_ih`` is computed (see :func:`jaxseq.functional.recurrent`).
+      impl: ``"scan"`` (default), ``"cudnn"`` or ``"auto"``: the masked scan or the fused cuDNN
+        LSTM (see :func:`jaxseq.functional.recurrent` and :mod:`jaxseq.fused`); GRU and RNN take
+        ``"scan"`` and ``"auto"`` only. ``"cudnn"`` is checked against the module's static
+        options here (cell, ``proj_size``, dtypes, ``recurrent_dropout``, ``forward_mode``) and
+        against each call's (``segment_ids``, backend) when called.
       init: parameter initializer, a name in :data:`jaxseq.init.INITIALIZERS` (``"torch_default"``,
         the default, or ``"recommended"``: orthogonal gate blocks, zero biases, LSTM forget bias 1) or
         a callable with the signature of :func:`jaxseq.init.torch_default`.
@@ -61,13 +71,14 @@ class RecurrentBase(nnx.Module):
                  weight_drop: float | Mapping[str, float] = 0.0, weight_drop_mode: str = "element",
                  param_dtype: jnp.dtype = jnp.float32, deterministic: bool = True, unroll: int = 1,
                  time_chunks: int = functional.DEFAULT_TIME_CHUNKS, compute_dtype: Any = None,
-                 forward_mode: bool = False,
+                 forward_mode: bool = False, input_projection: Optional[str] = None,
+                 impl: str = "scan",
                  init: str | initializers.Initializer = "torch_default"):
         input_size = check_size(input_size, "input_size")
         hidden_size = check_size(hidden_size, "hidden_size")
         num_layers = check_size(num_layers, "num_layers")
         proj_size = check_size(proj_size, "proj_size", minimum=0)
-        unroll = check_size(unroll, "unroll")
+        options = scan_options(unroll, compute_dtype, forward_mode, input_projection)  # validates
         time_chunks = check_size(time_chunks, "time_chunks")
         if proj_size >= hidden_size:
             raise ValueError(f"proj_size has to be smaller than hidden_size, got proj_size={proj_size} "
@@ -91,6 +102,16 @@ class RecurrentBase(nnx.Module):
         self.time_chunks = time_chunks
         self.compute_dtype = compute_dtype
         self.forward_mode = bool(forward_mode)
+        self.input_projection = input_projection
+        if impl not in IMPLS:
+            raise ValueError(f"impl must be one of {IMPLS}, got {impl!r}")
+        if impl == "cudnn":
+            problem = cudnn_problem(self.structure, param_dtype, options, packed=False,
+                                    state_masks=self.recurrent_dropout > 0, backend=False)
+            if problem is not None:
+                raise ValueError(f"impl='cudnn' cannot serve {describe(self.structure)}: {problem}. "
+                                 "Use impl='scan' or impl='auto'")
+        self.impl = impl
         values = initializers.initialize(init, rngs.params(), self.structure, param_dtype)
         for name, value in values.items():
             setattr(self, name, nnx.Param(value))
@@ -123,28 +144,16 @@ class RecurrentBase(nnx.Module):
     # -- dropout masks -----------------------------------------------------------------------
     def _draw_masks(self, x: jax.Array, key: jax.Array,
                     max_segments: Optional[int] = None) -> dict[str, Optional[list]]:
-        s, dtype = self.structure, self.param_dict()["weight_ih_l0"].dtype
-        D, L, H_out = s.num_directions, s.num_layers, s.output_size
-        k_drop, k_state, k_weight = jax.random.split(key, 3)
-        batch_axis = 0 if self.batch_first else 1
-        out_shape = x.shape[:-1] + (D * H_out,) if x.ndim == 3 else (x.shape[0], D * H_out)
-        B = x.shape[batch_axis] if x.ndim == 3 else 1
-        masks: dict[str, Optional[list]] = {}
-        if self.dropout > 0 and L > 1:
-            masks["dropout_masks"] = [keep_mask(k, self.dropout, out_shape, dtype)
-                                      for k in jax.random.split(k_drop, L - 1)]
-        if self.recurrent_dropout > 0:
-            shape = (D, B) + (() if max_segments is None else (max_segments,)) + (H_out,)
-            masks["state_masks"] = [keep_mask(k, self.recurrent_dropout, shape, dtype)
-                                    for k in jax.random.split(k_state, L)]
-        if max(self.weight_drop.values()) > 0:
-            cols = 1 if self.weight_drop_mode == "row" else H_out
-            keys = jax.random.split(k_weight, L * D).reshape(L, D)
-            masks["weight_hh_masks"] = [
-                jnp.stack([keep_mask(keys[layer, d], self.weight_drop[param_name("weight_hh", layer, d)],
-                                     (s.gates * s.hidden_size, cols), dtype) for d in range(D)])
-                for layer in range(L)]
-        return masks
+        s = self.structure
+        out_shape = (x.shape[:-1] if x.ndim == 3 else (x.shape[0],)) + (
+            s.num_directions * s.output_size,)
+        spec = _MaskSpec(s, jnp.dtype(self.param_dict()["weight_ih_l0"].dtype), self.dropout,
+                         self.recurrent_dropout,
+                         tuple(self.weight_drop[param_name("weight_hh", layer, d)]
+                               for layer in range(s.num_layers) for d in range(s.num_directions)),
+                         self.weight_drop_mode == "row", out_shape,
+                         x.shape[0 if self.batch_first else 1] if x.ndim == 3 else 1, max_segments)
+        return _draw_masks(key, spec=spec)
 
     def __call__(self, x: jax.Array, lengths: Optional[jax.Array] = None, hx: Any = None, *,
                  segment_ids: Optional[jax.Array] = None, max_segments: Optional[int] = None,
@@ -191,7 +200,48 @@ class RecurrentBase(nnx.Module):
                                     else time_chunks,
                                     compute_dtype=self.compute_dtype,
                                     forward_mode=self.forward_mode,
+                                    input_projection=self.input_projection, impl=self.impl,
                                     **masks)
+
+
+class _MaskSpec(NamedTuple):
+    """What :func:`_draw_masks` draws (static: the jitted draw's cache key)."""
+
+    structure: Structure
+    dtype: Any
+    dropout: float
+    recurrent_dropout: float
+    weight_drop: tuple[float, ...]     # per (layer, direction), in that order
+    row_mode: bool                     # weight_drop_mode == "row"
+    out_shape: tuple[int, ...]         # a layer's output, in the caller's layout
+    batch: int
+    max_segments: Optional[int]
+
+
+@partial(jax.jit, static_argnames=("spec",))
+def _draw_masks(key: jax.Array, *, spec: _MaskSpec) -> dict[str, list]:
+    """The training-mode dropout masks of one call (``dropout_masks`` / ``state_masks`` /
+    ``weight_hh_masks`` of :func:`jaxseq.functional.recurrent`), in one compiled draw."""
+    s = spec.structure
+    D, L, H_out = s.num_directions, s.num_layers, s.output_size
+    k_drop, k_state, k_weight = jax.random.split(key, 3)
+    masks: dict[str, list] = {}
+    if spec.dropout > 0 and L > 1:
+        masks["dropout_masks"] = [keep_mask(k, spec.dropout, spec.out_shape, spec.dtype)
+                                  for k in jax.random.split(k_drop, L - 1)]
+    if spec.recurrent_dropout > 0:
+        shape = (D, spec.batch) + (() if spec.max_segments is None else (spec.max_segments,)) + (
+            H_out,)
+        masks["state_masks"] = [keep_mask(k, spec.recurrent_dropout, shape, spec.dtype)
+                                for k in jax.random.split(k_state, L)]
+    if max(spec.weight_drop) > 0:
+        shape = (s.gates * s.hidden_size, 1 if spec.row_mode else H_out)
+        keys = jax.random.split(k_weight, L * D)
+        masks["weight_hh_masks"] = [
+            jnp.stack([keep_mask(keys[layer * D + d], spec.weight_drop[layer * D + d], shape,
+                                 spec.dtype) for d in range(D)])
+            for layer in range(L)]
+    return masks
 
 
 def _weight_drop_rates(weight_drop: float | Mapping[str, float], s: Structure) -> dict[str, float]:

@@ -42,7 +42,7 @@ from jaxseq.gates import CELLS, Carry, CellParams, gru_cell
 from jaxseq.layout import param_name
 from jaxseq.masking import reverse_within_length
 from jaxseq.segments import SegmentLayout, per_step, sequence_starts, take_steps
-from jaxseq.validation import host_array
+from jaxseq.validation import check_floating, check_size, host_array
 
 
 def _permute_rows(a: jax.Array, perm: jax.Array, axis: int = 1) -> jax.Array:
@@ -62,6 +62,51 @@ class LayerWeights(NamedTuple):
     bias: Optional[jax.Array]    # [D, 1, G]: b_ih plus the part of b_hh outside gate products
 
 
+#: Where ``x_t @ W_ih`` is computed when ``input_projection=None``, per JAX backend (others:
+#: ``"hoisted"``). On the 2-core AMD EPYC of ``docs/benchmarks.md`` the in-loop projection was faster;
+#: on a 2-core Intel Xeon the hoisted GEMM was (``jaxseq.tuning.measure_input_projection``
+#: measures it on your machine).
+INPUT_PROJECTION_DEFAULTS = {"cpu": "in_loop", "gpu": "hoisted", "tpu": "hoisted"}
+INPUT_PROJECTIONS = ("in_loop", "hoisted")
+
+
+class ScanOptions(NamedTuple):
+    """Static options of the masked scan that travel together from the API down to the loop.
+
+    Hashable (a ``jit`` static argument). Build it with :func:`scan_options`, which validates.
+    """
+
+    unroll: int = 1                           # lax.scan unroll factor (forward and backward loops)
+    compute_dtype: Optional[np.dtype] = None  # matmul operand dtype (None: the parameter dtype)
+    forward_mode: bool = False                # custom JVP (every transformation) vs custom VJP
+    hoist_input: bool = False                 # x @ W_ih as one GEMM before the loop
+
+
+#: Every option at its default (the in-loop input projection).
+DEFAULT_OPTIONS = ScanOptions()
+
+
+def scan_options(unroll: int = 1, compute_dtype: Any = None, forward_mode: bool = False,
+                 input_projection: Optional[str] = None) -> ScanOptions:
+    """Validated :class:`ScanOptions` from the user-facing arguments (see
+    :func:`jaxseq.functional.recurrent`); ``input_projection=None`` takes the backend's default from
+    :data:`INPUT_PROJECTION_DEFAULTS`.
+
+    Raises:
+      ValueError / TypeError: a bad ``unroll``, ``compute_dtype`` or ``input_projection``.
+    """
+    unroll = check_size(unroll, "unroll")
+    if compute_dtype is not None:
+        check_floating(compute_dtype, "compute_dtype")
+        compute_dtype = jnp.dtype(compute_dtype)
+    if input_projection is None:
+        input_projection = INPUT_PROJECTION_DEFAULTS.get(jax.default_backend(), "hoisted")
+    if input_projection not in INPUT_PROJECTIONS:
+        raise ValueError(f"input_projection must be one of {INPUT_PROJECTIONS} or None, got "
+                         f"{input_projection!r}")
+    return ScanOptions(unroll, compute_dtype, bool(forward_mode), input_projection == "hoisted")
+
+
 def _summed(cell: Callable) -> bool:
     """Whether ``cell`` uses ``xp`` and ``hw`` only as ``xp + hw`` (then ``d xp == d hw``)."""
     return cell is not gru_cell
@@ -74,22 +119,34 @@ def _matmul(a: jax.Array, b: jax.Array, compute_dtype) -> jax.Array:
     return jnp.matmul(a.astype(compute_dtype), b.astype(compute_dtype), preferred_element_type=a.dtype)
 
 
-def _scan(cell: Callable, unroll: int, compute_dtype, xs, valid, carry0, w: LayerWeights, p,
+def _gemm(a: jax.Array, b: jax.Array, compute_dtype) -> jax.Array:
+    """``[S, B, F] @ [F, G]`` as one 2-D GEMM (its transpose is one 2-D GEMM too)."""
+    return _matmul(a.reshape(-1, a.shape[-1]), b, compute_dtype).reshape(a.shape[:2] + b.shape[1:])
+
+
+def _scan(cell: Callable, options: ScanOptions, xs, valid, carry0, w: LayerWeights, p,
           state_mask, starts, inits, residuals: bool):
     """Forward loop. Returns ``(carry, (outs, states, pre))``; ``pre`` only with ``residuals``."""
+    compute_dtype = options.compute_dtype
     w_ih_t, w_hh_t = (w.w_ih_t, w.w_hh_t) if compute_dtype is None else (
         w.w_ih_t.astype(compute_dtype), w.w_hh_t.astype(compute_dtype))
     per_step_mask = _per_step(state_mask)
     D = len(xs)
+
+    def project(x_t):                                              # [D, B, F] -> [D, B, G]
+        xp = _matmul(x_t, w_ih_t, compute_dtype)
+        return xp if w.bias is None else xp + w.bias
+
+    if options.hoist_input:   # one [S*B, F] @ [F, G] GEMM per direction; the loop reads its rows
+        xs = tuple(_gemm(x, w_ih_t[d], compute_dtype) + (0 if w.bias is None else w.bias[d])
+                   for d, x in enumerate(xs))
 
     def body(carry, inputs):
         x_t, valid_t, start_t, init_t, mask_t = inputs
         if start_t is not None:       # a new sequence starts here: its state replaces the carry
             carry = _reset(carry, start_t, init_t)
         mask = mask_t if per_step_mask else state_mask
-        xp = _matmul(jnp.stack(x_t), w_ih_t, compute_dtype)                  # [D, B, G]
-        if w.bias is not None:
-            xp = xp + w.bias
+        xp = jnp.stack(x_t) if options.hoist_input else project(jnp.stack(x_t))   # [D, B, G]
         h_rec = carry[0] if mask is None else carry[0] * mask
         hw = _matmul(h_rec, w_hh_t, compute_dtype)
         new = cell(xp, hw, carry, p)
@@ -103,7 +160,7 @@ def _scan(cell: Callable, unroll: int, compute_dtype, xs, valid, carry0, w: Laye
         return nxt, (outs, nxt[1:], tuple(a[d] for a in pre for d in range(D)))   # [B, G] each
 
     seq_mask = state_mask if per_step_mask else None
-    return lax.scan(body, carry0, (xs, valid, starts, inits, seq_mask), unroll=unroll)
+    return lax.scan(body, carry0, (xs, valid, starts, inits, seq_mask), unroll=options.unroll)
 
 
 def _per_step(state_mask: Optional[jax.Array]) -> bool:
@@ -119,7 +176,7 @@ def _reset(carry: Carry, start: jax.Array, init: Optional[Carry]) -> Carry:
     return tuple(jnp.where(start, i, c) for c, i in zip(carry, init))
 
 
-def _masked_scan(cell: Callable, unroll: int, compute_dtype: Optional[jnp.dtype],
+def _masked_scan(cell: Callable, options: ScanOptions,
                  xs: tuple[jax.Array, ...], valid: jax.Array, carry0: Carry, w: LayerWeights,
                  p: CellParams, state_mask: Optional[jax.Array] = None,
                  starts: Optional[jax.Array] = None, inits: Optional[Carry] = None
@@ -128,10 +185,11 @@ def _masked_scan(cell: Callable, unroll: int, compute_dtype: Optional[jnp.dtype]
 
     Args:
       cell: a cell from :mod:`jaxseq.gates`.
-      unroll: ``lax.scan`` unroll factor (forward and backward loops).
-      compute_dtype: ``None``, or the dtype of every matmul's operands (e.g. ``jnp.bfloat16``);
-        products are accumulated in, and everything else (cell math, states, outputs, gradients)
-        stays in, the dtype of ``xs``.
+      options: :class:`ScanOptions`: the unroll factor (forward and backward loops);
+        ``compute_dtype``: ``None``, or the dtype of every matmul's operands (e.g.
+        ``jnp.bfloat16``), products accumulated in, and everything else (cell math, states,
+        outputs, gradients) in, the dtype of ``xs``; whether ``x @ W_ih`` is hoisted out of the
+        loop. (``forward_mode`` selects between :data:`masked_scan` and :data:`masked_scan_jvp`.)
       xs: one ``[S, B, F]`` input per direction, in the order that direction reads it.
       valid: ``bool [S, D, B]``: whether step ``s`` is a real token of row ``b`` in direction
         ``d``. Each row's valid steps must be contiguous: a prefix (a forward reading) or a suffix
@@ -153,18 +211,18 @@ def _masked_scan(cell: Callable, unroll: int, compute_dtype: Optional[jnp.dtype]
       ``starts``, else ``()``) holds the carry entries after ``h`` (``c`` for LSTM) after every step,
       ``[S, D, B, H]`` each, from which a packed row's per-sequence final states are read.
     """
-    carry, (outs, states) = _scan(cell, unroll, compute_dtype, xs, valid, carry0, w, p, state_mask,
+    carry, (outs, states) = _scan(cell, options, xs, valid, carry0, w, p, state_mask,
                                   starts, inits, residuals=False)
     return outs, carry, states
 
 
 #: The masked scan for reverse mode (the default): a hand-written VJP (:func:`_masked_scan_bwd`).
 #: Reverse-over-reverse works; forward mode does not (use :data:`masked_scan_jvp`).
-masked_scan = jax.custom_vjp(_masked_scan, nondiff_argnums=(0, 1, 2))
+masked_scan = jax.custom_vjp(_masked_scan, nondiff_argnums=(0, 1))
 #: The masked scan for every transformation (``forward_mode=True``): a custom JVP whose reverse
 #: mode is its transpose (:func:`_masked_scan_jvp`); forward mode, Hessians and forward-over-reverse
 #: work, and reverse mode costs more than with :data:`masked_scan` (``docs/benchmarks.md``).
-masked_scan_jvp = jax.custom_jvp(_masked_scan, nondiff_argnums=(0, 1, 2))
+masked_scan_jvp = jax.custom_jvp(_masked_scan, nondiff_argnums=(0, 1))
 masked_scan.__doc__ = masked_scan_jvp.__doc__ = _masked_scan.__doc__
 
 
@@ -194,19 +252,20 @@ def _recurrent_input(h_prev: Sequence[jax.Array], state_mask: Optional[jax.Array
     return [h * state_mask[d] for d, h in enumerate(h_prev)]
 
 
-def _masked_scan_fwd(cell, unroll, compute_dtype, xs, valid, carry0, w, p, state_mask, starts,
+def _masked_scan_fwd(cell, options, xs, valid, carry0, w, p, state_mask, starts,
                      inits):
-    carry, (outs, states, pre) = _scan(cell, unroll, compute_dtype, xs, valid, carry0, w, p,
+    carry, (outs, states, pre) = _scan(cell, options, xs, valid, carry0, w, p,
                                        state_mask, starts, inits, residuals=True)
     res = (xs, valid, carry0, w, p, state_mask, starts, inits, outs, states, pre)
     return (outs, carry, states if starts is not None else ()), res
 
 
-def _masked_scan_bwd(cell, unroll, compute_dtype, res, cts):
+def _masked_scan_bwd(cell, options, res, cts):
     """The hand-written backward pass: one ``dgates @ W_hh`` per step, gate gradients written over
     the saved pre-activations (no new buffer), every weight and input gradient a GEMM after."""
     xs, valid, carry0, w, p, state_mask, starts, inits, outs, states, pre = res
     d_outs, d_carry, d_states = cts
+    unroll, compute_dtype = options.unroll, options.compute_dtype
     D, summed, per_step_mask = len(xs), _summed(cell), _per_step(state_mask)
     w_hh = jnp.swapaxes(w.w_hh_t, 1, 2)
     w_hh = w_hh if compute_dtype is None else w_hh.astype(compute_dtype)
@@ -305,7 +364,7 @@ def _instantiate(t: Any, like: Any) -> Any:
                         is_leaf=lambda a: isinstance(a, SymbolicZero))
 
 
-def _masked_scan_jvp(cell, unroll, compute_dtype, primals, tangents):
+def _masked_scan_jvp(cell, options, primals, tangents):
     """The tangent map, structured so that its transpose is the fast backward pass.
 
     Everything linear in the tangents that does not depend on the previous step is hoisted out of
@@ -318,8 +377,9 @@ def _masked_scan_jvp(cell, unroll, compute_dtype, primals, tangents):
     """
     xs, valid, carry0, w, p, state_mask, starts, inits = primals
     dxs, _, dcarry0, dw, dp, dmask, _, dinits = tangents
+    unroll, compute_dtype = options.unroll, options.compute_dtype
     D, summed, per_step_mask = len(xs), _summed(cell), _per_step(state_mask)
-    carry, (outs, states, pre) = _scan(cell, unroll, compute_dtype, xs, valid, carry0, w, p,
+    carry, (outs, states, pre) = _scan(cell, options, xs, valid, carry0, w, p,
                                        state_mask, starts, inits, residuals=True)
     zero = jnp.zeros((), xs[0].dtype)
     h_prev = _previous_h(valid, carry0, outs, starts, inits)
@@ -335,8 +395,8 @@ def _masked_scan_jvp(cell, unroll, compute_dtype, primals, tangents):
                            None if w.bias is None else _known(dw.bias))
     dxs, dmask = tuple(map(_known, dxs)), _known(dmask)
 
-    def gemm(a, b):   # [S, B, F] @ [F, G] as one 2-D GEMM (its transpose is one 2-D GEMM too)
-        return _matmul(a.reshape(-1, a.shape[-1]), b, compute_dtype).reshape(a.shape[:2] + b.shape[1:])
+    def gemm(a, b):
+        return _gemm(a, b, compute_dtype)
 
     def hoisted_x(d):
         terms = [] if dxs[d] is None else [gemm(dxs[d], w.w_ih_t[d])]
@@ -563,19 +623,19 @@ class Reading(NamedTuple):
 
 
 def run_layer(mode: str, params: Mapping[str, jax.Array], layer: int, num_directions: int,
-              x: jax.Array, lengths: jax.Array, carry0: Carry, *, plan: Optional[Staircase] = None,
-              state_mask: Optional[jax.Array] = None, weight_hh_mask: Optional[jax.Array] = None,
-              unroll: int = 1, compute_dtype: Optional[jnp.dtype] = None,
-              forward_mode: bool = False) -> tuple[jax.Array, Carry]:
+              x: jax.Array, lengths: jax.Array, carry0: Carry,
+              options: ScanOptions = DEFAULT_OPTIONS, *, plan: Optional[Staircase] = None,
+              state_mask: Optional[jax.Array] = None,
+              weight_hh_mask: Optional[jax.Array] = None) -> tuple[jax.Array, Carry]:
     """One layer, all directions: ``x [T, B, I] -> (output [T, B, D*H_out], carry)``.
 
     ``x`` must already be zero at padded positions. ``carry0`` entries are ``[D, B, ·]``.
     ``plan``: ``None`` scans every row over all ``T`` steps; a :class:`Staircase` (valid for
     ``lengths``) scans only the active rows of each chunk. ``state_mask`` is broadcastable to
     ``[D, B, H_out]``. ``weight_hh_mask`` (broadcastable to ``[D, G, H_out]``) multiplies ``W_hh``
-    for the whole call (DropConnect / AWD-LSTM weight drop). ``compute_dtype``: see
-    :func:`masked_scan`. ``forward_mode``: use :data:`masked_scan_jvp` (every transformation)
-    instead of :data:`masked_scan` (fastest reverse mode).
+    for the whole call (DropConnect / AWD-LSTM weight drop). ``options``: see
+    :class:`ScanOptions` (``forward_mode`` runs :data:`masked_scan_jvp`, every transformation,
+    instead of :data:`masked_scan`, the fastest reverse mode).
     """
     T, B = x.shape[0], x.shape[1]
     D = num_directions
@@ -600,11 +660,10 @@ def run_layer(mode: str, params: Mapping[str, jax.Array], layer: int, num_direct
     reading = Reading.of(x, lengths, D, within_length=sort_rows)
     carry, pieces = carry0, []
     for start, stop, rows in schedule.chunks:
-        outs, new, _ = scan_for(forward_mode)(CELLS[mode], unroll, compute_dtype,
-                                   tuple(a[start:stop, :rows] for a in reading.xs),
-                                   reading.valid[start:stop, :, :rows],
-                                   tuple(c[:, :rows] for c in carry), w,
-                                   p, None if state_mask is None else state_mask[:, :rows])
+        outs, new, _ = scan_for(options.forward_mode)(
+            CELLS[mode], options, tuple(a[start:stop, :rows] for a in reading.xs),
+            reading.valid[start:stop, :, :rows], tuple(c[:, :rows] for c in carry), w, p,
+            None if state_mask is None else state_mask[:, :rows])
         carry = tuple(jnp.concatenate([n, c[:, rows:]], axis=1) for n, c in zip(new, carry))
         pieces.append([jnp.pad(o, ((0, 0), (0, B - rows), (0, 0))) for o in outs])
     stop = schedule.chunks[-1][1] if schedule.chunks else 0
@@ -618,11 +677,10 @@ def run_layer(mode: str, params: Mapping[str, jax.Array], layer: int, num_direct
 
 
 def run_segment_layer(mode: str, params: Mapping[str, jax.Array], layer: int, num_directions: int,
-                      x: jax.Array, segments: SegmentLayout, init: Carry, *,
-                      zero_init: bool = False, state_mask: Optional[jax.Array] = None,
-                      weight_hh_mask: Optional[jax.Array] = None, unroll: int = 1,
-                      compute_dtype: Optional[jnp.dtype] = None,
-                      forward_mode: bool = False) -> tuple[jax.Array, Carry]:
+                      x: jax.Array, segments: SegmentLayout, init: Carry,
+                      options: ScanOptions = DEFAULT_OPTIONS, *, zero_init: bool = False,
+                      state_mask: Optional[jax.Array] = None,
+                      weight_hh_mask: Optional[jax.Array] = None) -> tuple[jax.Array, Carry]:
     """One layer over packed rows: ``x [T, B, I] -> (output [T, B, D*H_out], per-segment states)``.
 
     The same masked scan as :func:`run_layer`, with a state reset at every segment start (in each
@@ -631,6 +689,7 @@ def run_segment_layer(mode: str, params: Mapping[str, jax.Array], layer: int, nu
     returned states are ``[D, B, S, ·]``: each segment's state after its own last step (reverse
     direction: after its first); segment numbers a row does not hold keep ``init``.
     ``state_mask``: ``None`` or broadcastable to ``[D, B, S, H_out]`` (one mask per segment).
+    ``options``: as :func:`run_layer`.
     """
     B = x.shape[1]
     D, S = num_directions, segments.max_segments
@@ -648,8 +707,9 @@ def run_segment_layer(mode: str, params: Mapping[str, jax.Array], layer: int, nu
     if state_mask is not None:
         state_mask = steps(jnp.broadcast_to(state_mask, (D, B, S, H_out)))
     carry0 = tuple(jnp.zeros_like(x, shape=(D, B, c.shape[-1])) for c in init)
-    outs, _, states = scan_for(forward_mode)(CELLS[mode], unroll, compute_dtype, reading.xs,
-                                             reading.valid, carry0, w, p, state_mask, starts, inits)
+    outs, _, states = scan_for(options.forward_mode)(CELLS[mode], options, reading.xs,
+                                                     reading.valid, carry0, w, p, state_mask,
+                                                     starts, inits)
     present = (segments.sizes > 0)[None, :, :, None]                      # [1, B, S, 1]
     last = [segments.last_steps(d) for d in range(D)]
     gathered = [jnp.stack([take_steps(outs[d], last[d]) for d in range(D)])]

@@ -18,7 +18,8 @@ shapes everything per segment, ``[B, S, ...]``; segment ``s`` of row ``b`` is en
 
 This module holds the per-segment twins of the per-sequence helpers (:func:`segment_last`,
 :func:`segment_sum`, :func:`segment_mean`, :func:`segment_max`, :func:`segment_lengths`,
-:func:`segment_broadcast`) and the validation of ``segment_ids``. Host-side packing of a data set
+:func:`segment_broadcast`, the per-step masks :func:`segment_starts` and :func:`segment_ends`)
+and the validation of ``segment_ids``. Host-side packing of a data set
 into rows is :func:`jaxseq.data.pack_rows`.
 
 >>> import jax.numpy as jnp
@@ -111,6 +112,8 @@ def check_segment_ids(segment_ids: Any, max_len: int, batch_size: Optional[int],
             b, t = flat // max_len, flat % max_len
             checkify.check(~jnp.any(bad), f"`{name}`: {what}; row {{}} breaks this at t = {{}} "
                            "(value {})", b, t, ids[t, b])
+    if isinstance(ids, np.ndarray):   # host values: no device op (jnp.asarray compiles one)
+        return jax.device_put(ids.astype(np.int32)), max_segments
     return jnp.asarray(ids, jnp.int32), max_segments
 
 
@@ -165,6 +168,11 @@ def sequence_starts(ids: jax.Array) -> jax.Array:
     return (ids != prev) & (ids != 0)
 
 
+def sequence_ends(ids: jax.Array) -> jax.Array:
+    """``bool [T, B]``: where a segment has its last step in scan-order ``ids``."""
+    return sequence_starts(jnp.flip(ids, 0))[::-1]
+
+
 def per_step(values: jax.Array, ids: jax.Array) -> jax.Array:
     """``[B, S, F] -> [T, B, F]``: every step gets its segment's entry (entry 0 at padding)."""
     idx = jnp.maximum(ids.T - 1, 0)[:, :, None]                                   # [B, T, 1]
@@ -192,6 +200,57 @@ def _checked_layout(x: jax.Array, segment_ids: Any, max_segments: Optional[int],
     return x, segment_layout(ids, max_segments)
 
 
+def _checked_ids(segment_ids: Any, max_segments: Optional[int], batch_first: bool
+                 ) -> tuple[jax.Array, int]:
+    """Checked time-major ``int32 [T, B]`` ids of a ``[T, B]`` / ``[B, T]`` array, and ``S``."""
+    if jnp.ndim(segment_ids) != 2:
+        raise ValueError(f"`segment_ids` must have shape [T, B] or [B, T], got "
+                         f"{jnp.shape(segment_ids)}")
+    t_axis = 1 if batch_first else 0
+    shape = jnp.shape(segment_ids)
+    return check_segment_ids(segment_ids, shape[t_axis], shape[1 - t_axis], max_segments,
+                             batch_first=batch_first)
+
+
+def segment_starts(segment_ids: Any, batch_first: bool = False) -> jax.Array:
+    """``bool``, the layout of ``segment_ids``: True at the first step of every segment.
+
+    The packed-row twin of ``t == 0`` (e.g. where a decoder's or CRF's state restarts, or a
+    begin-of-sequence feature); padding is False.
+
+    Args:
+      segment_ids: integer ``[T, B]`` (``[B, T]`` with ``batch_first``), see the module docs.
+      batch_first: layout of ``segment_ids`` and of the result.
+
+    Raises:
+      ValueError / TypeError: as :func:`check_segment_ids` (a bad layout of concrete ids).
+
+    >>> ids = jnp.array([[1, 1, 2, 3, 3, 0]])                  # [B=1, T=6]
+    >>> segment_starts(ids, batch_first=True).astype(int).tolist()
+    [[1, 0, 1, 1, 0, 0]]
+    """
+    ids, _ = _checked_ids(segment_ids, jnp.shape(segment_ids)[1 if batch_first else 0],
+                          batch_first)
+    starts = sequence_starts(ids)
+    return starts.T if batch_first else starts
+
+
+def segment_ends(segment_ids: Any, batch_first: bool = False) -> jax.Array:
+    """``bool``, the layout of ``segment_ids``: True at the last step of every segment.
+
+    The packed-row twin of ``t == lengths[b] - 1`` (where :func:`segment_last` reads); padding is
+    False. Args and errors as :func:`segment_starts`.
+
+    >>> ids = jnp.array([[1, 1, 2, 3, 3, 0]])                  # [B=1, T=6]
+    >>> segment_ends(ids, batch_first=True).astype(int).tolist()
+    [[0, 1, 1, 0, 1, 0]]
+    """
+    ids, _ = _checked_ids(segment_ids, jnp.shape(segment_ids)[1 if batch_first else 0],
+                          batch_first)
+    ends = sequence_ends(ids)
+    return ends.T if batch_first else ends
+
+
 def segment_lengths(segment_ids: Any, max_segments: Optional[int] = None,
                     batch_first: bool = False) -> jax.Array:
     """Length of every segment: ``int32 [B, S]`` (0 for a segment number a row does not hold).
@@ -204,13 +263,7 @@ def segment_lengths(segment_ids: Any, max_segments: Optional[int] = None,
       max_segments: ``S``; default: the largest id (concrete ids only).
       batch_first: layout of ``segment_ids``.
     """
-    if jnp.ndim(segment_ids) != 2:
-        raise ValueError(f"`segment_ids` must have shape [T, B] or [B, T], got "
-                         f"{jnp.shape(segment_ids)}")
-    t_axis = 1 if batch_first else 0
-    shape = jnp.shape(segment_ids)
-    ids, max_segments = check_segment_ids(segment_ids, shape[t_axis], shape[1 - t_axis],
-                                          max_segments, batch_first=batch_first)
+    ids, max_segments = _checked_ids(segment_ids, max_segments, batch_first)
     return segment_layout(ids, max_segments).sizes
 
 

@@ -169,6 +169,8 @@ def check_lengths(lengths: Any, max_len: int, batch_size: int | None = None,
         bad = (lengths < 0) | (lengths > max_len)
         first = jnp.argmax(bad)
         checkify.check(~jnp.any(bad), _range_message(name, max_len), first, lengths[first])
+    if isinstance(lengths, np.ndarray):   # host values: convert on the host (no device op)
+        return jax.device_put(lengths.astype(np.int32, copy=False))   # jnp.asarray compiles
     return jnp.asarray(lengths, dtype=jnp.int32)
 
 

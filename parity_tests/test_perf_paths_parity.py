@@ -57,8 +57,8 @@ STAIRCASE_CASES = split_cases(
 
 @pytest.mark.parametrize("cfg, dtype", STAIRCASE_CASES, ids=case_id)
 def test_staircase_concrete_lengths(cfg, dtype):
-    """Default path with host lengths: the automatic staircase (default time_chunks)."""
-    _check(cfg, dtype, concrete_lengths=True)
+    """Host lengths with a staircase asked for (``time_chunks=6``)."""
+    _check(cfg, dtype, concrete_lengths=True, time_chunks=6)
 
 
 @pytest.mark.parametrize("cfg, time_chunks", split_cases(
