@@ -12,7 +12,9 @@ Public API (the README has the torch -> jaxseq map):
   :func:`torch_state_dict`;
 * sequences (twins of ``torch.nn.utils.rnn``): :func:`pad_sequence`, :func:`unpad_sequence`,
   :func:`length_mask`, :func:`reverse_padded`, :func:`last_valid`, masked pooling;
-* losses: :func:`masked_cross_entropy`, :func:`masked_mse`, :func:`masked_l1`;
+* losses (:mod:`jaxseq.losses`): :func:`masked_cross_entropy`, :func:`masked_mse`,
+  :func:`masked_l1`; :func:`ctc_loss` (twin of ``F.ctc_loss``); :class:`CRF` (twin of
+  pytorch-crf; :func:`paths_to_lists` for its decoded paths);
 * dropout: :class:`LockedDropout`, :class:`EmbeddingDropout`, :func:`embedding_dropout`,
   :func:`keep_mask` (plus ``recurrent_dropout`` / ``weight_drop`` on the layers);
 * packed rows (several sequences per row, ``segment_ids=`` on the layers): per-segment helpers
@@ -36,7 +38,7 @@ from jaxseq.decoding import (
 )
 from jaxseq.dropout import EmbeddingDropout, LockedDropout, embedding_dropout, keep_mask
 from jaxseq.interop import load_torch_state_dict, torch_state_dict
-from jaxseq.losses import masked_cross_entropy, masked_l1, masked_mse
+from jaxseq.losses import CRF, ctc_loss, masked_cross_entropy, masked_l1, masked_mse, paths_to_lists
 from jaxseq.masking import last_valid, length_mask, reverse_padded
 from jaxseq.padding import pad_sequence, unpad_sequence
 from jaxseq.pooling import masked_max, masked_mean, masked_sum
@@ -56,6 +58,7 @@ from jaxseq.validation import check_lengths, checked
 __version__ = "0.2.0"
 
 __all__ = [
+                             "CRF",
                              "GRU",
                              "LSTM",
                              "RNN",
@@ -70,6 +73,7 @@ __all__ = [
                              "bucket_by_length",
                              "check_lengths",
                              "checked",
+                             "ctc_loss",
                              "data",
                              "decoding",
                              "dot_attention",
@@ -92,6 +96,7 @@ __all__ = [
                              "masked_sum",
                              "pack_rows",
                              "pad_sequence",
+                             "paths_to_lists",
                              "reorder_state",
                              "reverse_padded",
                              "segment_broadcast",
