@@ -168,6 +168,12 @@ def sequence_starts(ids: jax.Array) -> jax.Array:
     return (ids != prev) & (ids != 0)
 
 
+def lengths_as_segments(lengths: jax.Array, max_len: int) -> jax.Array:
+    """A padded batch as packed rows of one segment each: ``int32 [T, B]``, 1 where
+    ``t < lengths[b]`` (unchecked: ``lengths`` must be valid), so one per-segment scan serves both."""
+    return (jnp.arange(max_len)[:, None] < lengths[None, :]).astype(jnp.int32)
+
+
 def sequence_ends(ids: jax.Array) -> jax.Array:
     """``bool [T, B]``: where a segment has its last step in scan-order ``ids``."""
     return sequence_starts(jnp.flip(ids, 0))[::-1]
@@ -292,7 +298,7 @@ def segment_last(output: jax.Array, segment_ids: Any, max_segments: Optional[int
     return picked.reshape(picked.shape[:2] + x.shape[2:])
 
 
-def _segment_reduce(x: jax.Array, layout: SegmentLayout, reducer, empty) -> jax.Array:
+def reduce_per_segment(x: jax.Array, layout: SegmentLayout, reducer, empty) -> jax.Array:
     """Reduce time-major ``x [T, B, F...]`` over each segment's steps with ``jax.ops.segment_*``."""
     T, B = x.shape[:2]
     S = layout.max_segments
@@ -326,7 +332,7 @@ def segment_sum(x: jax.Array, segment_ids: Any, max_segments: Optional[int] = No
     [[3.0, 3.0]]
     """
     x, layout = _checked_layout(x, segment_ids, max_segments, batch_first)
-    return _segment_reduce(x, layout, jax.ops.segment_sum, 0)
+    return reduce_per_segment(x, layout, jax.ops.segment_sum, 0)
 
 
 def segment_mean(x: jax.Array, segment_ids: Any, max_segments: Optional[int] = None,
@@ -341,7 +347,7 @@ def segment_mean(x: jax.Array, segment_ids: Any, max_segments: Optional[int] = N
     [[2.0, 5.0, 0.0]]
     """
     x, layout = _checked_layout(x, segment_ids, max_segments, batch_first)
-    total = _segment_reduce(x, layout, jax.ops.segment_sum, 0)
+    total = reduce_per_segment(x, layout, jax.ops.segment_sum, 0)
     count = jnp.maximum(layout.sizes, 1).reshape(layout.sizes.shape + (1,) * (total.ndim - 2))
     return total / count.astype(jnp.result_type(total.dtype, float))
 
@@ -359,7 +365,7 @@ def segment_max(x: jax.Array, segment_ids: Any, max_segments: Optional[int] = No
     """
     x, layout = _checked_layout(x, segment_ids, max_segments, batch_first)
     lowest = -jnp.inf if jnp.issubdtype(x.dtype, jnp.inexact) else jnp.iinfo(x.dtype).min
-    best = _segment_reduce(x, layout, jax.ops.segment_max, lowest)
+    best = reduce_per_segment(x, layout, jax.ops.segment_max, lowest)
     present = (layout.sizes > 0).reshape(layout.sizes.shape + (1,) * (best.ndim - 2))
     return jnp.where(present, best, jnp.asarray(empty_value, x.dtype))
 

@@ -40,8 +40,9 @@ from jax.experimental import checkify
 
 from jaxseq.segments import (
     SegmentLayout,
-    _segment_reduce,
     check_segment_ids,
+    lengths_as_segments,
+    reduce_per_segment,
     segment_layout,
     sequence_ends,
     sequence_starts,
@@ -104,21 +105,13 @@ def _steps(ids: jax.Array) -> _Steps:
     return _Steps(ids > 0, sequence_starts(ids), sequence_ends(ids))
 
 
-def _row_ids(lengths: jax.Array, max_len: int) -> jax.Array:
-    """A padded batch as rows of one segment each: ``int32 [T, B]``, 1 where ``t < lengths[b]``.
-
-    (:func:`jaxseq.length_mask` without its checks: a jitted core must not depend on whether
-    checks are on, which its trace cache does not see.)"""
-    return (jnp.arange(max_len)[:, None] < lengths[None, :]).astype(jnp.int32)
-
-
 def _sequence_ids(lengths: Optional[jax.Array], ids: Optional[jax.Array], max_len: int
                   ) -> jax.Array:
     """Time-major ids ``[T, B]`` of packed rows (``ids``) or of a padded batch (``lengths``)."""
     if ids is not None:
         return ids
     assert lengths is not None
-    return _row_ids(lengths, max_len)
+    return lengths_as_segments(lengths, max_len)
 
 
 def _chain_scan(params: CRFParams, emissions: jax.Array, steps: _Steps, viterbi: bool
@@ -167,7 +160,7 @@ def _segment_log_likelihood(params: CRFParams, emissions: jax.Array, tags: jax.A
     log_z = jax.nn.logsumexp(scores + params.end_transitions, axis=-1)               # [T, B]
     parts = jnp.stack([jnp.where(steps.valid, gold, zero),
                        jnp.where(steps.ends, log_z, zero)], axis=-1)                 # [T, B, 2]
-    numerator, normaliser = jnp.moveaxis(_segment_reduce(parts, layout, jax.ops.segment_sum, 0),
+    numerator, normaliser = jnp.moveaxis(reduce_per_segment(parts, layout, jax.ops.segment_sum, 0),
                                          -1, 0)
     return numerator - normaliser
 
@@ -308,7 +301,7 @@ def _check_mask(mask: Any, max_len: int, batch: int, batch_first: bool) -> jax.A
         return check_lengths(lengths.astype(np.int32), max_len, batch)
     traced = _time_major(mask, batch_first)
     lengths = jnp.sum(traced, axis=0, dtype=jnp.int32)
-    _traced_check(traced != (_row_ids(lengths, max_len) > 0), rule, batch_first, mask)
+    _traced_check(traced != (lengths_as_segments(lengths, max_len) > 0), rule, batch_first, mask)
     return lengths
 
 

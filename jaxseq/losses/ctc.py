@@ -63,8 +63,9 @@ from jax.experimental import checkify
 
 from jaxseq.segments import (
     SegmentLayout,
-    _segment_reduce,
     check_segment_ids,
+    lengths_as_segments,
+    reduce_per_segment,
     segment_layout,
     sequence_starts,
 )
@@ -158,7 +159,7 @@ def _segment_nll(log_probs: jax.Array, labels: _Labels, layout: SegmentLayout) -
     log_likelihood = jnp.where(layout.sizes > 0, at_end, no_frames)
     probs = jnp.exp(log_probs)
     softmax_term = jnp.sum(probs - lax.stop_gradient(probs), axis=-1)          # [T, B], all 0
-    return _segment_reduce(softmax_term, layout, jax.ops.segment_sum, 0) - log_likelihood
+    return reduce_per_segment(softmax_term, layout, jax.ops.segment_sum, 0) - log_likelihood
 
 
 @jax.custom_jvp
@@ -183,8 +184,7 @@ def _ctc_core(log_probs: jax.Array, targets: jax.Array, target_lengths: jax.Arra
     packed = bounds.ndim == 2
     lp = jnp.swapaxes(log_probs, 0, 1) if batch_first else log_probs
     lp = lp.astype(jnp.promote_types(lp.dtype, jnp.float32))
-    ids = bounds if packed else (jnp.arange(lp.shape[0])[:, None] < bounds[None, :]).astype(
-        jnp.int32)
+    ids = bounds if packed else lengths_as_segments(bounds, lp.shape[0])
     layout = segment_layout(ids, targets.shape[1])
     lp = jnp.where((ids > 0)[..., None], lp, jnp.zeros((), lp.dtype))
     nll = _segment_nll(lp, _extended_labels(targets, target_lengths, blank), layout)
