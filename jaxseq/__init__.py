@@ -15,6 +15,8 @@ Public API (the README has the torch -> jaxseq map):
 * losses (:mod:`jaxseq.losses`): :func:`masked_cross_entropy`, :func:`masked_mse`,
   :func:`masked_l1`; :func:`ctc_loss` (twin of ``F.ctc_loss``); :class:`CRF` (twin of
   pytorch-crf; :func:`paths_to_lists` for its decoded paths);
+* normalisation: :class:`BatchNorm` (torch's batch norm, features last, statistics over valid
+  steps only with ``lengths`` / ``segment_ids``; :mod:`jaxseq.batch_norm`);
 * dropout: :class:`LockedDropout`, :class:`EmbeddingDropout`, :func:`embedding_dropout`,
   :func:`keep_mask` (plus ``recurrent_dropout`` / ``weight_drop`` on the layers);
 * packed rows (several sequences per row, ``segment_ids=`` on the layers): per-segment helpers
@@ -25,7 +27,8 @@ Public API (the README has the torch -> jaxseq map):
 * serving: :func:`jaxseq.export.export_model` (a ``jax.export`` artifact, symbolic batch and time);
 * validation: :func:`check_lengths`, :func:`checked` (length checks under ``jit``).
 """
-from jaxseq import data, decoding, export, functional, fused, init, layout, segments
+from jaxseq import batch_norm, data, decoding, export, functional, fused, init, layout, segments
+from jaxseq.batch_norm import BatchNorm
 from jaxseq.cells import GRUCell, LSTMCell, RNNCell
 from jaxseq.data import bucket_by_length, pack_rows
 from jaxseq.decoding import (
@@ -58,57 +61,68 @@ from jaxseq.validation import check_lengths, checked
 __version__ = "0.2.0"
 
 __all__ = [
-                             "CRF",
-                             "GRU",
-                             "LSTM",
-                             "RNN",
-                             "EmbeddingDropout",
-                             "GRUCell",
-                             "LSTMCell",
-                             "LockedDropout",
-                             "RNNCell",
-                             "RecurrentBase",
-                             "attention_weights",
-                             "beam_search",
-                             "bucket_by_length",
-                             "check_lengths",
-                             "checked",
-                             "ctc_loss",
-                             "data",
-                             "decoding",
-                             "dot_attention",
-                             "embedding_dropout",
-                             "export",
-                             "functional",
-                             "fused",
-                             "greedy_decode",
-                             "init",
-                             "keep_mask",
-                             "last_valid",
-                             "layout",
-                             "length_mask",
-                             "load_torch_state_dict",
-                             "masked_cross_entropy",
-                             "masked_l1",
-                             "masked_max",
-                             "masked_mean",
-                             "masked_mse",
-                             "masked_sum",
-                             "pack_rows",
-                             "pad_sequence",
-                             "paths_to_lists",
-                             "reorder_state",
-                             "reverse_padded",
-                             "segment_broadcast",
-                             "segment_ends",
-                             "segment_last",
-                             "segment_lengths",
-                             "segment_max",
-                             "segment_mean",
-                             "segment_starts",
-                             "segment_sum",
-                             "segments",
-                             "teacher_forcing",
-                             "torch_state_dict",
-                             "unpad_sequence",
+    "CRF",
+    "GRU",
+    "LSTM",
+    "RNN",
+    "BatchNorm",
+    "EmbeddingDropout",
+    "GRUCell",
+    "LSTMCell",
+    "LockedDropout",
+    "RNNCell",
+    "RecurrentBase",
+    "attention_weights",
+    "batch_norm",
+    "beam_search",
+    "bucket_by_length",
+    "check_lengths",
+    "checked",
+    "ctc_loss",
+    "data",
+    "decoding",
+    "dot_attention",
+    "embedding_dropout",
+    "export",
+    "functional",
+    "fused",
+    "greedy_decode",
+    "init",
+    "keep_mask",
+    "last_valid",
+    "layout",
+    "length_mask",
+    "load_torch_state_dict",
+    "masked_cross_entropy",
+    "masked_l1",
+    "masked_max",
+    "masked_mean",
+    "masked_mse",
+    "masked_sum",
+    "pack_rows",
+    "pad_sequence",
+    "paths_to_lists",
+    "reorder_state",
+    "reverse_padded",
+    "segment_broadcast",
+    "segment_ends",
+    "segment_last",
+    "segment_lengths",
+    "segment_max",
+    "segment_mean",
+    "segment_starts",
+    "segment_sum",
+    "segments",
+    "teacher_forcing",
+    "torch_state_dict",
+    "unpad_sequence",
 ]
+
+
+def __getattr__(name: str) -> object:
+    """``jaxseq.parity`` on first access (its comparisons need torch; ``import jaxseq`` does not)."""
+    if name == "parity":
+        import importlib
+
+        return importlib.import_module("jaxseq.parity")
+    raise AttributeError(f"module 'jaxseq' has no attribute {name!r}")

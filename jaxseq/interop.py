@@ -1,27 +1,55 @@
-"""Exchange parameters with torch ``state_dict``\\ s: one jaxseq layer or cell, or a whole model.
+"""Exchange parameters and buffers with torch ``state_dict``\\ s: a jaxseq layer, or a whole model.
 
 Values may be torch tensors (any device, contiguous or not, any float dtype including bfloat16) or
-numpy arrays; torch is never imported here. Loading casts to the parameters' dtype (as
-``torch.nn.Module.load_state_dict`` copies into existing parameters); torch -> jaxseq -> torch is
+numpy arrays; torch is never imported here. Loading casts to the variables' dtype (as
+``torch.nn.Module.load_state_dict`` copies into existing tensors); torch -> jaxseq -> torch is
 bit-exact when the dtypes agree.
 
-Keys. Every ``nnx.Param`` of the model gets the torch key of the module path that holds it
-(attribute names and list indices joined by ``.``, as torch names submodules) plus its torch name:
+Keys. Every ``nnx.Param`` (a torch parameter) and ``nnx.BatchStat`` (a torch buffer) of the model
+gets the torch key of the module path that holds it (attribute names and list indices joined by
+``.``, as torch names submodules) plus its torch name; Flax layers rename and re-lay-out theirs:
 
-=================================  ==============================================================
-jaxseq ``LSTM`` / ``GRU`` / ``RNN``  torch names as they are (``weight_ih_l0``, ``bias_hh_l1_reverse``)
-jaxseq ``LSTMCell`` / ...          ``weight_ih``, ``weight_hh``, ``bias_ih``, ``bias_hh``
-``nnx.Linear``                     ``kernel [in, out]`` <-> ``weight [out, in]`` (transposed), ``bias``
-``nnx.Embed``                      ``embedding`` <-> ``weight``
-``nnx.LayerNorm``                  ``scale`` <-> ``weight``, ``bias``
-a custom module's own ``nnx.Param``  its attribute name, as is
-=================================  ==============================================================
+=====================================  ============================================================
+jaxseq ``LSTM`` / ``GRU`` / ``RNN``    torch names as they are (``weight_ih_l0``, ``bias_hh_l1_reverse``)
+jaxseq ``LSTMCell`` / ...              ``weight_ih``, ``weight_hh``, ``bias_ih``, ``bias_hh``
+:class:`jaxseq.BatchNorm`              ``weight``, ``bias``, ``running_mean``, ``running_var``,
+                                       ``num_batches_tracked`` (``nn.BatchNorm1d/2d`` keys as they are)
+``nnx.Linear``                         ``kernel [in, out]`` <-> ``weight [out, in]``, ``bias``
+``nnx.Conv`` (1-D, 2-D, 3-D)           ``kernel [*window, in/groups, out]`` <-> ``weight [out,
+                                       in/groups, *window]``, ``bias`` (``nn.Conv1d/2d/3d``)
+``nnx.Embed``                          ``embedding`` <-> ``weight``
+``nnx.LayerNorm``, ``nnx.GroupNorm``   ``scale`` <-> ``weight``, ``bias``
+``nnx.BatchNorm``                      ``scale`` <-> ``weight``, ``bias``, ``mean`` <->
+                                       ``running_mean``, ``var`` <-> ``running_var``
+a custom module's own Param/BatchStat  its attribute name, as is
+=====================================  ============================================================
 
 so ``model.encoder.lstm.weight_ih_l0`` is ``encoder.lstm.weight_ih_l0`` and
-``model.layers[1].kernel`` is ``layers.1.weight``. Other Flax layers with parameters (convolutions,
-batch norm...) have no rule and raise. Torch keys that are named differently (AWD-LSTM's
-``WeightDrop`` renames ``weight_hh_l0`` to ``module.weight_hh_l0_raw``; a tied decoder repeats
-the embedding) are mapped with ``rename=``.
+``model.layers[1].kernel`` is ``layers.1.weight``. The whole ``torch_model.state_dict()``
+(parameters and buffers) loads without hand copying. Other Flax layers with variables
+(``nnx.ConvTranspose``, attention...) have no rule and raise. Torch keys that are named
+differently (AWD-LSTM's ``WeightDrop`` renames ``weight_hh_l0`` to ``module.weight_hh_l0_raw``; a
+tied decoder repeats the embedding) are mapped with ``rename=``.
+
+``num_batches_tracked``. torch's batch norms count their training batches in an ``int64`` buffer.
+:class:`jaxseq.BatchNorm` keeps it (``momentum=None`` needs it) and exchanges it. ``nnx.BatchNorm``
+has no counter: on load the key is accepted and ignored; on export it is left out, and torch's
+strict ``load_state_dict`` accepts a plain dict without it (torch then keeps the module's own
+count). Integer values are accepted only for integer variables (the counters): an integer tensor
+for a floating parameter or buffer raises a ``TypeError`` naming the key. Exported integers are
+``int64``.
+
+Layouts. torch convolutions take ``[B, C, *spatial]``, Flax ones ``[B, *spatial, C]`` (transpose
+the input, not the weights); stride, padding (torch ``padding=p`` is Flax ``padding=[(p, p)] *
+ndim``), dilation (``kernel_dilation``) and groups (``feature_group_count``) do not change the
+weight layout. ``nnx.BatchNorm`` differs from torch's in momentum, running variance and the dtype
+of its statistics (float32 whatever ``param_dtype``: float64 buffers load rounded); see
+:mod:`jaxseq.batch_norm`, whose :class:`jaxseq.BatchNorm` is torch's.
+
+Gradients and optimizer moments. :func:`torch_state_dict` also takes an ``nnx.State`` that mirrors
+the model (``nnx.grad`` results, ``optimizer.opt_state[0].mu``): give ``like=model`` for the exact
+map, or let the Flax attribute names (``kernel``, ``embedding``, ``scale``, ``mean``, ``var``)
+stand for their layers.
 """
 from __future__ import annotations
 
@@ -33,10 +61,10 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from jaxseq.batch_norm import BatchNorm
 from jaxseq.cells import CellBase
 from jaxseq.layout import check_shapes, describe
 from jaxseq.recurrent import RecurrentBase
-from jaxseq.validation import check_floating
 
 #: ``rename``: a callable ``torch key -> new key or None`` (``None`` drops the key), or
 #: ``(pattern, replacement)`` pairs (a mapping or a sequence) applied in order with ``re.sub``
@@ -45,16 +73,74 @@ Rename = Union[Callable[[str], Optional[str]], Mapping[str, Optional[str]],
                Iterable[tuple[str, Optional[str]]]]
 
 
+class Layout(NamedTuple):
+    """How a Flax array's axes map onto its torch twin's: ``torch = transpose(flax, axes(ndim))``."""
+
+    name: str
+    axes: Callable[[int], tuple[int, ...]]
+
+    def torch_shape(self, shape: tuple[int, ...]) -> tuple[int, ...]:
+        return tuple(shape[i] for i in self.axes(len(shape)))
+
+    def to_torch(self, value: np.ndarray) -> np.ndarray:
+        return np.transpose(value, self.axes(value.ndim)).copy(order="C")   # 0-d stays 0-d
+
+    def from_torch(self, value: np.ndarray) -> np.ndarray:
+        return np.transpose(value, np.argsort(self.axes(value.ndim)))
+
+
+AS_IS = Layout("as is", lambda ndim: tuple(range(ndim)))
+#: Flax kernels keep the output features last: ``nnx.Linear [in, out]`` and ``nnx.Conv
+#: [*window, in/groups, out]`` are torch's ``[out, in]`` and ``[out, in/groups, *window]``.
+KERNEL = Layout("kernel", lambda ndim: (ndim - 1, ndim - 2, *range(ndim - 2)))
+
+_AFFINE = {"scale": ("weight", AS_IS), "bias": ("bias", AS_IS)}
+#: Flax layer (and jaxseq's BatchNorm) -> {attribute: (torch name, layout)}: every Param /
+#: BatchStat such a layer holds, in torch's ``state_dict`` order.
+RULES: dict[type, dict[str, tuple[str, Layout]]] = {
+    nnx.Linear: {"kernel": ("weight", KERNEL), "bias": ("bias", AS_IS)},
+    nnx.Conv: {"kernel": ("weight", KERNEL), "bias": ("bias", AS_IS)},
+    nnx.Embed: {"embedding": ("weight", AS_IS)},
+    nnx.LayerNorm: _AFFINE,
+    nnx.GroupNorm: _AFFINE,
+    nnx.BatchNorm: {**_AFFINE, "mean": ("running_mean", AS_IS), "var": ("running_var", AS_IS)},
+    BatchNorm: {name: (name, AS_IS) for name in BatchNorm.TORCH_NAMES},     # torch's names, order
+}
+#: torch keys a Flax layer accepts on load and ignores (state it does not keep).
+IGNORED_ON_LOAD: dict[type, tuple[str, ...]] = {nnx.BatchNorm: ("num_batches_tracked",)}
+#: The variable kinds that have torch counterparts: parameters and buffers.
+TORCH_KINDS = (nnx.Param, nnx.BatchStat)
+
+
+def _rules_by_name() -> dict[str, tuple[str, Layout]]:
+    """``{Flax attribute: (torch name, layout)}`` over :data:`RULES`, for a State without a model.
+    Every attribute name means one thing across the table (checked here)."""
+    by_name: dict[str, tuple[str, Layout]] = {}
+    for rule in RULES.values():
+        for attribute, target in rule.items():
+            if by_name.setdefault(attribute, target) != target:
+                raise AssertionError(f"RULES map {attribute!r} two ways")
+    return by_name
+
+
+BY_NAME = _rules_by_name()
+
+
 class _Slot(NamedTuple):
-    param: nnx.Param
-    transpose: bool
+    variable: nnx.Variable
+    layout: Layout
+
+    @property
+    def torch_shape(self) -> tuple[int, ...]:
+        return self.layout.torch_shape(tuple(self.variable.shape))
 
 
-def _flax_rules() -> dict[type, dict[str, tuple[str, bool]]]:
-    """Flax layer -> {attribute: (torch name, transposed)}."""
-    return {nnx.Linear: {"kernel": ("weight", True), "bias": ("bias", False)},
-            nnx.Embed: {"embedding": ("weight", False)},
-            nnx.LayerNorm: {"scale": ("weight", False), "bias": ("bias", False)}}
+class _Mapping(NamedTuple):
+    """Where every torch key of a model lives."""
+
+    slots: dict[str, _Slot]        # {torch key: slot}, in model order
+    paths: dict[tuple, str]        # {graph path of a variable (every path of a shared one): key}
+    ignored: set[str]              # keys accepted on load and dropped
 
 
 def _torch_named(module: nnx.Module) -> Optional[list[str]]:
@@ -62,54 +148,65 @@ def _torch_named(module: nnx.Module) -> Optional[list[str]]:
     return list(module.param_shapes()) if isinstance(module, (RecurrentBase, CellBase)) else None
 
 
-def _slots(model: nnx.Module) -> dict[str, _Slot]:
-    """``{torch key: slot}`` for every ``nnx.Param`` reachable from ``model``, in model order."""
-    rules = _flax_rules()
-    slots: dict[str, _Slot] = {}
-    seen: set[int] = set()
+def _where(path: tuple) -> str:
+    return ".".join(map(str, path)) or "the top"
+
+
+def _mapping(model: nnx.Module) -> _Mapping:
+    """The :class:`_Mapping` of every Param / BatchStat reachable from ``model``, in model order."""
+    found = _Mapping({}, {}, set())
+    seen: dict[int, Optional[str]] = {}     # id -> torch key (None: a module)
+
+    def add(variable: nnx.Variable, path: tuple, key: str, layout: Layout) -> None:
+        seen[id(variable)] = key
+        found.slots[key] = _Slot(variable, layout)
+        found.paths[path] = key
 
     def visit(node: Any, path: tuple) -> None:
-        if id(node) in seen:       # shared submodules / parameters: first path wins (as torch)
+        if id(node) in seen:       # shared submodules / variables: first path wins (as torch)
             return
-        seen.add(id(node))
+        seen[id(node)] = None
         key = lambda name: ".".join(map(str, path + (name,)))   # noqa: E731
         names = _torch_named(node) if isinstance(node, nnx.Module) else None
         if names is not None:
             for name in names:
-                slots[key(name)] = _Slot(getattr(node, name), False)
-                seen.add(id(getattr(node, name)))
+                add(getattr(node, name), path + (name,), key(name), AS_IS)
             return
-        rule = next((r for cls, r in rules.items() if type(node) is cls), None)
+        rule = RULES.get(type(node))
+        found.ignored.update(key(name) for name in IGNORED_ON_LOAD.get(type(node), ()))
         children: list[tuple[Any, Any]] = (
             list(enumerate(node)) if isinstance(node, (list, tuple, nnx.List))
             else sorted(node.items()) if isinstance(node, dict)
             else list(vars(node).items()) if isinstance(node, nnx.Module) else [])
+        if rule is not None:        # a Flax layer's variables in its rule's (torch's) order
+            children.sort(key=lambda item: list(rule).index(item[0]) if item[0] in rule else -1)
         for name, child in children:
-            if isinstance(child, nnx.Param):
+            if isinstance(child, TORCH_KINDS):
                 if id(child) in seen:
+                    found.paths[path + (name,)] = seen[id(child)]  # type: ignore[assignment]
                     continue
-                seen.add(id(child))
                 if rule is not None:
                     if name not in rule:
-                        raise TypeError(f"no torch name for parameter {name!r} of "
-                                        f"{type(node).__name__} at {'.'.join(map(str, path))!r}")
-                    torch_name, transpose = rule[name]
-                    slots[key(torch_name)] = _Slot(child, transpose)
-                elif type(node).__module__.startswith("flax.nnx.nn."):   # Conv, BatchNorm...
-                    where = ".".join(map(str, path)) or "the top"
-                    raise TypeError(f"{type(node).__name__} at {where!r} "
-                                    "has no torch mapping (supported: jaxseq layers and cells, "
-                                    "nnx.Linear, nnx.Embed, nnx.LayerNorm, custom modules' own Params)")
+                        raise TypeError(f"no torch name for {type(child).__name__} {name!r} of "
+                                        f"{type(node).__name__} at {_where(path)!r}")
+                    torch_name, layout = rule[name]
+                    add(child, path + (name,), key(torch_name), layout)
+                elif type(node).__module__.startswith("flax.nnx.nn."):   # ConvTranspose...
+                    supported = ", ".join(f"nnx.{cls.__name__}" for cls in RULES
+                                          if cls.__module__.startswith("flax."))
+                    raise TypeError(f"{type(node).__name__} at {_where(path)!r} has no torch "
+                                    f"mapping (supported: jaxseq layers and cells, {supported}, "
+                                    "custom modules' own Params and BatchStats)")
                 else:
-                    slots[key(str(name))] = _Slot(child, False)
+                    add(child, path + (name,), key(str(name)), AS_IS)
             elif isinstance(child, (nnx.Module, list, tuple, dict)):
                 visit(child, path + (name,))
 
     visit(model, ())
-    return slots
+    return found
 
 
-def _renamer(rename: Optional[Rename]) -> Callable[[str], Optional[str]]:
+def key_renamer(rename: Optional[Rename]) -> Callable[[str], Optional[str]]:
     if rename is None:
         return lambda key: key
     if callable(rename):
@@ -127,7 +224,7 @@ def _renamer(rename: Optional[Rename]) -> Callable[[str], Optional[str]]:
     return apply
 
 
-def _to_numpy(key: str, value: Any) -> np.ndarray:
+def _to_numpy(value: Any) -> np.ndarray:
     if hasattr(value, "detach"):  # torch.Tensor, without importing torch
         value = value.detach().cpu()
         if str(value.dtype) == "torch.bfloat16":  # numpy has no bfloat16: widen exactly
@@ -135,25 +232,37 @@ def _to_numpy(key: str, value: Any) -> np.ndarray:
         value = value.numpy()
     # A private copy: jnp.asarray may alias host memory, and the caller's tensor may later be
     # updated in place (optimizer.step()), which must not reach the jaxseq module.
-    array = np.array(value, copy=True)
-    check_floating(array.dtype, f"state_dict[{key!r}]")
-    return array
+    return np.array(value, copy=True)
+
+
+def _check_kind(key: str, value: np.ndarray, variable: nnx.Variable) -> None:
+    """A floating variable takes floating values, an integer one (a counter) integer values."""
+    integer = jnp.issubdtype(variable.dtype, jnp.integer)
+    if integer and not jnp.issubdtype(value.dtype, jnp.integer):
+        raise TypeError(f"state_dict[{key!r}] must have an integer dtype (a counter such as "
+                        f"num_batches_tracked), got {value.dtype.name}")
+    if not integer and not jnp.issubdtype(value.dtype, jnp.floating):
+        raise TypeError(f"state_dict[{key!r}] must have a floating dtype, got {value.dtype.name} "
+                        "(only integer counters such as num_batches_tracked may be integer)")
 
 
 def _described(model: nnx.Module) -> str:
     if isinstance(model, RecurrentBase):
         return describe(model.structure)
-    return repr(model) if isinstance(model, CellBase) else f"the {type(model).__name__} model"
+    if isinstance(model, (CellBase, BatchNorm)):
+        return repr(model)
+    return f"the {type(model).__name__} model"
 
 
 def load_torch_state_dict(module: nnx.Module, state_dict: Mapping[str, Any], *,
                           prefix: str = "", rename: Optional[Rename] = None) -> nnx.Module:
-    """Copy a torch ``state_dict`` into ``module`` in place and return ``module``.
+    """Copy a torch ``state_dict`` (parameters and buffers) into ``module`` in place; return it.
 
     Args:
-      module: a jaxseq layer (:class:`jaxseq.LSTM` / ``GRU`` / ``RNN``) or cell
-        (:class:`jaxseq.LSTMCell` / ...), or any NNX model built from them, ``nnx.Linear``,
-        ``nnx.Embed``, ``nnx.LayerNorm`` and custom modules (keys as in the module docs).
+      module: a jaxseq layer (:class:`jaxseq.LSTM` / ``GRU`` / ``RNN``), cell
+        (:class:`jaxseq.LSTMCell` / ...) or :class:`jaxseq.BatchNorm`, or any NNX model built from
+        them, ``nnx.Linear``, ``nnx.Conv``, ``nnx.Embed``, ``nnx.LayerNorm``, ``nnx.GroupNorm``,
+        ``nnx.BatchNorm`` and custom modules (keys as in the module docs).
       state_dict: ``{torch key: tensor or array}``, e.g. ``torch_model.state_dict()``.
       prefix: read only keys starting with ``prefix`` (e.g. ``"encoder.lstm."`` for a submodule of a
         larger torch model), with the prefix stripped; other keys are ignored.
@@ -163,11 +272,13 @@ def load_torch_state_dict(module: nnx.Module, state_dict: Mapping[str, Any], *,
 
     Raises:
       ValueError: keys on either side without a counterpart (all of them listed, with shapes), or a
-        shape mismatch (naming the key and both shapes).
-      TypeError: ``state_dict`` is not a mapping, a value is not floating-point, or a Flax layer of
-        the model has no torch mapping.
+        shape mismatch (naming the key and both shapes, in torch's layout).
+      TypeError: ``state_dict`` is not a mapping, a value's dtype does not fit its variable
+        (an integer tensor for a parameter or a floating buffer, a floating one for a counter), or
+        a Flax layer of the model has no torch mapping.
 
-    Nothing is written unless every entry checks out.
+    Nothing is written unless every entry checks out. ``num_batches_tracked`` of an
+    ``nnx.BatchNorm`` (which has no counter) is accepted and ignored.
 
     >>> import numpy as np
     >>> from flax import nnx
@@ -183,45 +294,122 @@ def load_torch_state_dict(module: nnx.Module, state_dict: Mapping[str, Any], *,
     if not isinstance(state_dict, Mapping):
         raise TypeError(f"state_dict must be a mapping {{torch name: tensor}}, got "
                         f"{type(state_dict).__name__}")
-    slots = _slots(module)
-    renamer = _renamer(rename)
+    found = _mapping(module)
+    renamer = key_renamer(rename)
     arrays: dict[str, np.ndarray] = {}
     for key, value in state_dict.items():
         if not key.startswith(prefix):
             continue
         new = renamer(key[len(prefix):])
-        if new is not None:
-            arrays[new] = _to_numpy(prefix + key[len(prefix):], value)
-    expected = {k: tuple(s.param.shape[::-1] if s.transpose else s.param.shape)
-                for k, s in slots.items()}
+        if new is not None and new not in found.ignored:
+            arrays[new] = _to_numpy(value)
+    for key, array in arrays.items():
+        if key in found.slots:
+            _check_kind(prefix + key, array, found.slots[key].variable)
     what = f"state_dict{f' (prefix {prefix!r})' if prefix else ''}"
-    check_shapes(expected, {k: a.shape for k, a in arrays.items()}, what, _described(module))
-    for key, slot in slots.items():
-        value = arrays[key].T if slot.transpose else arrays[key]
-        slot.param[...] = jnp.asarray(value, dtype=slot.param.dtype)
+    check_shapes({k: s.torch_shape for k, s in found.slots.items()},
+                 {k: a.shape for k, a in arrays.items()}, what, _described(module))
+    for key, slot in found.slots.items():
+        slot.variable[...] = jnp.asarray(slot.layout.from_torch(arrays[key]),
+                                         dtype=slot.variable.dtype)
     return module
 
 
-def torch_state_dict(module: nnx.Module) -> dict[str, np.ndarray]:
-    """``{torch key: numpy array}`` of every parameter of ``module``: the reverse of
-    :func:`load_torch_state_dict` (same keys; ``nnx.Linear`` kernels transposed back).
+def _exported(value: Any, layout: Layout) -> np.ndarray:
+    array = np.array(value[...] if isinstance(value, nnx.Variable) else value)
+    if jnp.issubdtype(array.dtype, jnp.integer):
+        array = array.astype(np.int64)      # torch's counters are int64 (jax: int32 without x64)
+    return layout.to_torch(array)
 
-    The arrays are writable copies (``torch.from_numpy`` accepts them without a warning, and writing
-    to them does not touch ``module``). For a jaxseq layer or cell the keys come in torch's
-    ``state_dict`` order. Load it into torch with
-    ``model.load_state_dict({k: torch.from_numpy(v) for k, v in sd.items()})`` (for bfloat16, convert
-    with ``torch.from_numpy(v.astype(np.float32)).bfloat16()``); a tied torch weight (e.g. a decoder
-    sharing the embedding) is one parameter here, so add its second key before a strict load.
 
+def _state_entries(state: nnx.State, like: Optional[nnx.Module]
+                   ) -> list[tuple[str, Any, Layout]]:
+    """``(torch key, leaf, layout)`` for every leaf of ``state`` but RNG state."""
+    leaves = [(tuple(path), leaf) for path, leaf in nnx.to_flat_state(state)
+              if not isinstance(leaf, nnx.RngState)]
+    if like is None:
+        entries = []
+        for path, leaf in leaves:
+            torch_name, layout = BY_NAME.get(str(path[-1]), (str(path[-1]), AS_IS))
+            entries.append((".".join(map(str, path[:-1] + (torch_name,))), leaf, layout))
+        keys = [key for key, _, _ in entries]
+        twice = sorted({k for k in keys if keys.count(k) > 1})
+        if twice:
+            raise ValueError(f"the State's paths map to the torch keys {twice} more than once (a "
+                             "custom module's own variable named like a Flax layer's?): pass "
+                             "like=model for the exact map")
+        return entries
+    if not isinstance(like, nnx.Module):
+        raise TypeError(f"like must be the NNX model the State mirrors, got {type(like).__name__}")
+    found = _mapping(like)
+    by_key: dict[str, tuple[Any, Layout]] = {}
+    for path, leaf in leaves:
+        if path not in found.paths:
+            raise ValueError(f"State path {_where(path)!r} is not a parameter or buffer of "
+                             f"{_described(like)} (like=)")
+        key = found.paths[path]
+        slot = found.slots[key]
+        if tuple(np.shape(leaf)) != tuple(slot.variable.shape):
+            raise ValueError(f"State path {_where(path)!r} ({key!r}): expected shape "
+                             f"{tuple(slot.variable.shape)}, got {tuple(np.shape(leaf))}")
+        by_key[key] = (leaf, slot.layout)
+    return [(key, *by_key[key]) for key in found.slots if key in by_key]
+
+
+def torch_state_dict(module_or_state: Union[nnx.Module, nnx.State], *,
+                     like: Optional[nnx.Module] = None) -> dict[str, np.ndarray]:
+    """``{torch key: numpy array}``: the reverse of :func:`load_torch_state_dict` (same keys and
+    layouts), for a model's parameters and buffers, or for an ``nnx.State`` that mirrors a model.
+
+    Args:
+      module_or_state: an NNX model (every Param and BatchStat is exported), or an ``nnx.State``
+        whose paths are the model's: gradients from ``nnx.grad(loss)(model)``, optimizer moments
+        such as ``optimizer.opt_state[0].mu`` of ``nnx.Optimizer(model, optax.adam(...))``, or
+        ``nnx.state(model, ...)``. RNG state in it is skipped.
+      like: for a State, the model it mirrors: keys, layouts and torch order then come from the
+        model exactly. Without it, keys come from the State's paths: a leaf named like a Flax
+        layer's attribute in :data:`RULES` (``kernel``, ``embedding``, ``scale``, ``mean``,
+        ``var``) is renamed and re-laid-out as that layer's (``kernel`` transposed to torch's
+        ``weight``), every other leaf keeps its name. That is exact for models of jaxseq layers,
+        Flax layers and custom modules whose own variables have other names; give ``like`` when a
+        custom module's own variable is called ``kernel``, ``scale``...
+
+    Returns:
+      Writable copies (``torch.from_numpy`` accepts them without a warning, and writing to them
+      does not touch the module), floating arrays in their own dtype, integer counters as
+      ``int64``. For a module, and for a State with ``like``, each layer's keys come in torch's
+      ``state_dict`` order, submodules in attribute order (which NNX transforms re-sort
+      alphabetically: compare a whole model's keys as sets); for a State alone, in the State's
+      (sorted) order.
+
+    Raises:
+      TypeError: not an NNX module or State; a Flax layer without a torch mapping.
+      ValueError: (State) two leaves map to one key without ``like``; with ``like``, a path that is
+        not a variable of ``like`` or a leaf whose shape differs from it.
+
+    Load the result into torch with
+    ``model.load_state_dict({k: torch.from_numpy(v) for k, v in sd.items()})`` (for bfloat16,
+    convert with ``torch.from_numpy(v.astype(np.float32)).bfloat16()``); a tied torch weight (e.g.
+    a decoder sharing the embedding) is one parameter here, so add its second key before a strict
+    load.
+
+    >>> import jax.numpy as jnp
     >>> from flax import nnx
     >>> from jaxseq import LSTM
     >>> sorted(torch_state_dict(LSTM(2, 3, bias=False, rngs=nnx.Rngs(0))))
     ['weight_hh_l0', 'weight_ih_l0']
+    >>> head = nnx.Linear(3, 2, rngs=nnx.Rngs(0))
+    >>> grads = nnx.grad(lambda m: m(jnp.ones((4, 3))).sum())(head)
+    >>> {k: v.shape for k, v in torch_state_dict(grads).items()}      # torch's [out, in]
+    {'bias': (2,), 'weight': (2, 3)}
     """
-    if not isinstance(module, nnx.Module):
-        raise TypeError(f"module must be an NNX module, got {type(module).__name__}")
-    out = {}
-    for key, slot in _slots(module).items():
-        value = np.array(slot.param[...])
-        out[key] = np.ascontiguousarray(value.T) if slot.transpose else value
-    return out
+    if isinstance(module_or_state, nnx.State):
+        return {key: _exported(leaf, layout)
+                for key, leaf, layout in _state_entries(module_or_state, like)}
+    if not isinstance(module_or_state, nnx.Module):
+        raise TypeError(f"module_or_state must be an NNX module or an nnx.State, got "
+                        f"{type(module_or_state).__name__}")
+    if like is not None:
+        raise TypeError("like= is for an nnx.State; a module is its own map")
+    return {key: _exported(slot.variable, slot.layout)
+            for key, slot in _mapping(module_or_state).slots.items()}

@@ -112,9 +112,9 @@ def test_rename_rules_prefix_and_unsupported_layers():
 
     class WithConv(nnx.Module):
         def __init__(self):
-            self.conv = nnx.Conv(2, 2, (3,), rngs=nnx.Rngs(0))
+            self.conv = nnx.ConvTranspose(2, 2, (3,), rngs=nnx.Rngs(0))
 
-    with pytest.raises(TypeError, match="Conv at 'conv' has no torch mapping"):
+    with pytest.raises(TypeError, match="ConvTranspose at 'conv' has no torch mapping"):
         jaxseq.torch_state_dict(WithConv())
     with pytest.raises(TypeError, match="module must be an NNX module"):
         jaxseq.load_torch_state_dict(torch.nn.Linear(2, 2), {})
