@@ -377,10 +377,13 @@ def _recurrent_core(params: Params, x: jax.Array, lengths: Optional[jax.Array],
         lengths = segments.row_lengths
     elif lengths is None:
         lengths = jnp.full((B,), T, jnp.int32)
-    drop = [_time_major_mask(m, call.unbatched, call.batch_first)
+    def cast(m: Any) -> Any:       # a mask never changes the compute dtype (nor the kernel's)
+        return None if m is None else jnp.asarray(m).astype(dtype)
+
+    drop = [cast(_time_major_mask(m, call.unbatched, call.batch_first))
             for m in masks.dropout or [None] * (L - 1)]
-    smasks = masks.state or [None] * L
-    wmasks = masks.weight_hh or [None] * L
+    smasks = [cast(m) for m in masks.state or [None] * L]
+    wmasks = [cast(m) for m in masks.weight_hh or [None] * L]
     valid = jnp.arange(T)[:, None] < lengths[None, :]                       # [T, B]
     layer_in = jnp.where(valid[..., None], x.astype(dtype), jnp.zeros((), dtype))
     if call.impl != "scan":

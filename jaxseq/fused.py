@@ -96,7 +96,8 @@ def kernel_precision() -> str:
     ...     print(kernel_precision())
     high
     """
-    return "highest" if jax.config.jax_default_matmul_precision in FP32_PRECISIONS else "high"
+    setting = jax.config.jax_default_matmul_precision  # type: ignore[attr-defined]
+    return "highest" if setting in FP32_PRECISIONS else "high"
 
 
 def _cuda_kernel(*args: Any, **kwargs: Any) -> tuple[jax.Array, jax.Array, jax.Array]:
@@ -259,8 +260,9 @@ def fused_lstm(params: Mapping[str, jax.Array], s: Structure, x: jax.Array, leng
                              num_layers=len(layers), dropout=0.0, bidirectional=s.bidirectional)
         finals.append((h_last, c_last))
         last = layers[-1]
-        if last < L - 1 and dropout_masks[last] is not None:   # a mask keeps y's dtype
-            mask = jnp.broadcast_to(dropout_masks[last], (T,) + y.shape[:1] + y.shape[2:])
+        drop = dropout_masks[last] if last < L - 1 else None
+        if drop is not None:   # in y's dtype: a float64 mask must not promote the next kernel call
+            mask = jnp.broadcast_to(drop, (T,) + y.shape[:1] + y.shape[2:])
             y = y * jnp.swapaxes(mask, 0, 1).astype(y.dtype)
     output = jnp.where(valid[..., None], jnp.swapaxes(y, 0, 1), jnp.zeros((), y.dtype))
     ran = (lengths > 0)[None, :, None]                                        # [1, B, 1]
