@@ -2,16 +2,18 @@
 
 Every contender gets the same weights (torch's initialisation, copied), the same ragged batch and
 the same loss: ``sum(output at valid positions) + sum(h_n) (+ sum(c_n))``, differentiated with
-respect to every parameter and the input. :func:`build` returns a :class:`Contender` whose
-``step()`` runs one step and waits for the result; ``loss`` is the value of the first step, so the
-runner can check that all contenders compute the same thing.
+respect to every parameter and the input. Each ``*_step`` function returns a :class:`Contender`
+whose ``step()`` runs one step and waits for the result; ``loss`` is the value of the first step,
+so the runner can check that all contenders compute the same thing.
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import time
+from collections.abc import Callable
 from functools import partial
-from typing import Callable, Optional
+from typing import Optional
 
 import jax
 import jax.numpy as jnp
@@ -22,9 +24,12 @@ from flax import nnx
 from benchmarks.baseline import plain_masked_lstm
 from jaxseq import functional
 from jaxseq.data import pack_rows
+from jaxseq.fused import use_reference_kernel
 from torch_ref.packed import run_packed
 
 TORCH_CLASSES = {"LSTM": torch.nn.LSTM, "GRU": torch.nn.GRU}
+#: ``time_chunks`` of the staircase contender (the library default is 1, the plain masked scan).
+STAIRCASE_CHUNKS = 6
 
 
 @dataclasses.dataclass(frozen=True)
@@ -80,6 +85,20 @@ class BenchConfig:
                                         bidirectional=self.bidirectional)
 
 
+@dataclasses.dataclass(frozen=True)
+class CompileTime:
+    """Seconds to build the first jitted step: tracing + lowering to StableHLO, XLA compilation
+    (wall clock), and the process CPU time of both (less sensitive to other processes' load)."""
+
+    lower_s: float
+    compile_s: float
+    cpu_s: float
+
+    @property
+    def total_s(self) -> float:
+        return self.lower_s + self.compile_s
+
+
 @dataclasses.dataclass
 class Contender:
     """A ready-to-time training step."""
@@ -87,21 +106,30 @@ class Contender:
     name: str
     step: Callable[[], None]
     loss: float
-    compile_s: Optional[float] = None     # jit lowering + XLA compilation
-    memory_mb: Optional[float] = None     # XLA temp + output buffers; torch: CUDA peak allocated
+    compile: Optional[CompileTime] = None   # JAX contenders: jit tracing + lowering + compilation
+    memory_mb: Optional[float] = None       # XLA temp + output buffers; torch: CUDA peak allocated
     note: str = ""
-    exact: bool = True                    # float32 math: its loss must match torch's to ~1e-6
+    exact: bool = True                      # float32 math: its loss must match torch's to ~1e-6
+    kind: str = "step"                      # "step", or "floor" (benchmarks.floor: no loss)
+    flops: Optional[float] = None           # matmul FLOPs of a step (None: the config's valid ones)
 
 
 def _block(tree) -> None:
     jax.block_until_ready(tree)
 
 
-def _compiled(fn: Callable, *args) -> tuple[Callable, float, Optional[float]]:
-    """AOT-compile ``jax.jit(fn)`` for ``args``; return it, compile seconds and buffer MB."""
-    start = time.perf_counter()
-    compiled = jax.jit(fn).lower(*args).compile()
-    seconds = time.perf_counter() - start
+def compile_step(fn: Callable, *args, context=None, compiler_options: Optional[dict] = None
+                 ) -> tuple[Callable, CompileTime, Optional[float]]:
+    """AOT-compile ``jax.jit(fn)`` for ``args`` (tracing inside ``context``, e.g.
+    :func:`jaxseq.fused.use_reference_kernel`; XLA ``compiler_options`` for this compilation
+    only); return it, its :class:`CompileTime` and the XLA buffer MB."""
+    start, cpu = time.perf_counter(), time.process_time()
+    with context or contextlib.nullcontext():
+        lowered = jax.jit(fn).trace(*args).lower()
+    lowered_at = time.perf_counter()
+    compiled = lowered.compile(compiler_options)
+    end = time.perf_counter()
+    seconds = CompileTime(lowered_at - start, end - lowered_at, time.process_time() - cpu)
     try:
         mem = compiled.memory_analysis()
         mb = (mem.temp_size_in_bytes + mem.output_size_in_bytes) / 2**20
@@ -110,15 +138,21 @@ def _compiled(fn: Callable, *args) -> tuple[Callable, float, Optional[float]]:
     return compiled, seconds, mb
 
 
+def torch_params(torch_model: torch.nn.RNNBase) -> dict[str, jax.Array]:
+    """The torch module's parameters as torch-named JAX arrays."""
+    return {k: jnp.asarray(v.detach().cpu().numpy()) for k, v in torch_model.state_dict().items()}
+
+
 def _loss_of(mode: str, output: jax.Array, state) -> jax.Array:
     states = state if mode == "LSTM" else (state,)
     return jnp.sum(output) + sum(jnp.sum(s) for s in states)
 
 
-def _jax_step(cfg: BenchConfig, torch_model: torch.nn.RNNBase, run: Callable, traced_lengths: bool,
-              name: str, note: str, exact: bool = True) -> Contender:
-    """A jitted training step of ``run(params, x, lengths) -> (output, state)`` (torch-named params)."""
-    params = {k: jnp.asarray(v.detach().cpu().numpy()) for k, v in torch_model.state_dict().items()}
+def jax_step_fn(cfg: BenchConfig, torch_model: torch.nn.RNNBase, run: Callable,
+                traced_lengths: bool) -> tuple[Callable, tuple]:
+    """``(value_and_grad step, args)`` of ``run(params, x, lengths) -> (output, state)``
+    (torch-named params); the lengths are a jit argument or closed-over host values."""
+    params = torch_params(torch_model)
     x = jnp.asarray(cfg.inputs())
     host_lengths = cfg.lengths()
 
@@ -127,27 +161,36 @@ def _jax_step(cfg: BenchConfig, torch_model: torch.nn.RNNBase, run: Callable, tr
 
     grad = jax.value_and_grad(loss, argnums=(0, 1))
     if traced_lengths:
-        args = (params, x, jnp.asarray(host_lengths, jnp.int32))
-        fn = grad
-    else:
-        args = (params, x)
-        fn = lambda p, xx: grad(p, xx, host_lengths)  # noqa: E731
-    compiled, seconds, mb = _compiled(fn, *args)
+        return grad, (params, x, jnp.asarray(host_lengths, jnp.int32))
+    return (lambda p, xx: grad(p, xx, host_lengths)), (params, x)
+
+
+def _jax_step(cfg: BenchConfig, torch_model: torch.nn.RNNBase, run: Callable, traced_lengths: bool,
+              name: str, note: str, exact: bool = True, context=None) -> Contender:
+    """A jitted training step of ``run`` (see :func:`jax_step_fn`) as a :class:`Contender`."""
+    fn, args = jax_step_fn(cfg, torch_model, run, traced_lengths)
+    compiled, seconds, mb = compile_step(fn, *args, context=context)
     value, _ = compiled(*args)
     return Contender(name, lambda: _block(compiled(*args)), float(value), seconds, mb, note, exact)
 
 
 def jaxseq_step(cfg: BenchConfig, torch_model: torch.nn.RNNBase, traced_lengths: bool,
-                name: Optional[str] = None, **options) -> Contender:
-    """jaxseq under ``jit``. With concrete lengths (closed over) the default staircase schedule
-    applies; with ``traced_lengths`` the lengths are a jit argument and the plain masked scan runs.
-    ``options`` (``time_chunks``, ``unroll``, ``compute_dtype``) go to
-    :func:`jaxseq.functional.recurrent`; a ``name`` marks such a variant."""
-    default, note = (("jaxseq-traced", "lengths traced under jit: plain masked scan")
-                     if traced_lengths else ("jaxseq", "concrete lengths: staircase schedule"))
+                name: Optional[str] = None, emulate: bool = False, **options) -> Contender:
+    """jaxseq under ``jit``. With ``traced_lengths`` the lengths are a jit argument (the plain
+    masked scan); otherwise they are concrete (closed over) and, unless ``options`` say otherwise,
+    the staircase runs (``time_chunks=STAIRCASE_CHUNKS``). ``options`` (``time_chunks``,
+    ``unroll``, ``compute_dtype``, ``forward_mode``, ``input_projection``, ``impl``) go to
+    :func:`jaxseq.functional.recurrent`; a ``name`` marks such a variant. ``emulate``: trace
+    inside :func:`jaxseq.fused.use_reference_kernel` (``impl="cudnn"`` on a CPU)."""
+    if traced_lengths:
+        default, note = "jaxseq-traced", "lengths traced under jit: plain masked scan"
+    else:
+        default = "jaxseq-staircase"
+        note = f"concrete lengths, time_chunks={options.setdefault('time_chunks', STAIRCASE_CHUNKS)}"
     run = partial(functional.recurrent, cfg.mode, **options)
     return _jax_step(cfg, torch_model, run, traced_lengths, name or default,
-                     note if name is None else "", exact=options.get("compute_dtype") is None)
+                     note if name is None else "", exact=options.get("compute_dtype") is None,
+                     context=use_reference_kernel() if emulate else None)
 
 
 def packed_rows(cfg: BenchConfig) -> tuple[np.ndarray, np.ndarray, int, float]:
@@ -162,24 +205,34 @@ def packed_rows(cfg: BenchConfig) -> tuple[np.ndarray, np.ndarray, int, float]:
     return (packing.pack(seqs), packing.segment_ids(), packing.max_segments, packing.density)
 
 
-def jaxseq_packed_step(cfg: BenchConfig, torch_model: torch.nn.RNNBase) -> Contender:
-    """jaxseq on packed rows: the same sequences as the padded batch, several per row, with traced
-    ``segment_ids`` (one compilation for every batch of this shape). The loss is the padded
-    contenders': valid outputs plus the final states of every sequence."""
-    params = {k: jnp.asarray(v.detach().cpu().numpy()) for k, v in torch_model.state_dict().items()}
+def packed_step_fn(cfg: BenchConfig, torch_model: torch.nn.RNNBase, **options
+                   ) -> tuple[Callable, tuple, str]:
+    """``(value_and_grad step, args, note)`` of jaxseq on the config's packed rows (traced
+    ``segment_ids``); ``options`` go to :func:`jaxseq.functional.recurrent`."""
+    params = torch_params(torch_model)
     x, ids, max_segments, density = packed_rows(cfg)
-    args = (params, jnp.asarray(x), jnp.asarray(ids))
 
     def loss(p, xx, seg):
         output, state = functional.recurrent(cfg.mode, p, xx, segment_ids=seg,
-                                             max_segments=max_segments, batch_first=True)
+                                             max_segments=max_segments, batch_first=True,
+                                             **options)
         return _loss_of(cfg.mode, output, state)   # absent segments hold zero states
 
-    compiled, seconds, mb = _compiled(jax.value_and_grad(loss, argnums=(0, 1)), *args)
-    value, _ = compiled(*args)
     note = f"{x.shape[0]} rows x {cfg.time}, density {100 * density:.1f}%, traced segment_ids"
-    return Contender("jaxseq-packed", lambda: _block(compiled(*args)), float(value), seconds, mb,
-                     note)
+    return (jax.value_and_grad(loss, argnums=(0, 1)), (params, jnp.asarray(x), jnp.asarray(ids)),
+            note)
+
+
+def jaxseq_packed_step(cfg: BenchConfig, torch_model: torch.nn.RNNBase,
+                       name: str = "jaxseq-packed", **options) -> Contender:
+    """jaxseq on packed rows: the same sequences as the padded batch, several per row, with traced
+    ``segment_ids`` (one compilation for every batch of this shape). The loss is the padded
+    contenders': valid outputs plus the final states of every sequence. ``options`` go to
+    :func:`jaxseq.functional.recurrent` (e.g. ``input_projection``, ``forward_mode``)."""
+    fn, args, note = packed_step_fn(cfg, torch_model, **options)
+    compiled, seconds, mb = compile_step(fn, *args)
+    value, _ = compiled(*args)
+    return Contender(name, lambda: _block(compiled(*args)), float(value), seconds, mb, note)
 
 
 def baseline_step(cfg: BenchConfig, torch_model: torch.nn.RNNBase) -> Contender:
@@ -192,7 +245,7 @@ def mixed_precision_errors(cfg: BenchConfig, compute_dtype=jnp.bfloat16) -> dict
     """Relative errors (``max |mixed - f32| / max |f32|``) of jaxseq with ``compute_dtype`` matmuls
     against float32, for the outputs, final states, the input gradient and the worst parameter
     gradient of this benchmark's training step."""
-    params = {k: jnp.asarray(v.detach().numpy()) for k, v in cfg.torch_module().state_dict().items()}
+    params = torch_params(cfg.torch_module())
     x, lengths = jnp.asarray(cfg.inputs()), cfg.lengths()
 
     @partial(jax.jit, static_argnums=2)
@@ -301,7 +354,7 @@ def flax_step(cfg: BenchConfig, torch_model: torch.nn.RNNBase) -> Contender:
         return jnp.sum(jnp.where(valid, output, 0)) + sum(jnp.sum(c) for c in jax.tree.leaves(finals))
 
     args = (params, x, rest)
-    compiled, seconds, mb = _compiled(jax.value_and_grad(loss, argnums=(0, 1)), *args)
+    compiled, seconds, mb = compile_step(jax.value_and_grad(loss, argnums=(0, 1)), *args)
     value, _ = compiled(*args)
     return Contender("flax-nnx.RNN", lambda: _block(compiled(*args)), float(value), seconds, mb,
                      "OptimizedLSTMCell, seq_lengths")
@@ -324,14 +377,3 @@ def matmul_gflops(n: int, device: str, repeats: int = 5) -> tuple[float, float]:
             fn()
             times[k].append(time.perf_counter() - start)
     return tuple(2 * n**3 / np.median(times[k]) / 1e9 for k in ("jax", "torch"))
-
-
-def build(cfg: BenchConfig, device: str) -> list[Contender]:
-    """Every contender that applies to ``cfg`` (Flax only for LSTM: it has no torch-exact GRU)."""
-    contenders = [jaxseq_packed_step(cfg, cfg.torch_module()),
-                  jaxseq_step(cfg, cfg.torch_module(), traced_lengths=False),
-                  jaxseq_step(cfg, cfg.torch_module(), traced_lengths=True),
-                  torch_step(cfg, cfg.torch_module(), device)]
-    if cfg.mode == "LSTM":
-        contenders.append(flax_step(cfg, cfg.torch_module()))
-    return contenders

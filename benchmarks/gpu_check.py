@@ -941,7 +941,7 @@ def run_timing(rec: Recorder, args: argparse.Namespace) -> None:
     # Start no new config once less than a config's worth of time is left.
     start_new = max(0.0, timeout - (30 if args.emulate else 90))
     argv = [sys.executable, "-m", "benchmarks.run", "--gpu", "--json", str(bench),
-            "--budget", f"{start_new:.0f}"] + (["--quick"] if args.emulate else [])
+            "--budget", f"{start_new:.0f}"] + (["--quick", "--emulate"] if args.emulate else [])
     job = run_now(Job("timing", argv, timeout, child_env(args.emulate),
                       args.out / "logs" / "timing.log"))
     rows = []

@@ -27,7 +27,18 @@ Public API (the README has the torch -> jaxseq map):
 * serving: :func:`jaxseq.export.export_model` (a ``jax.export`` artifact, symbolic batch and time);
 * validation: :func:`check_lengths`, :func:`checked` (length checks under ``jit``).
 """
-from jaxseq import batch_norm, data, decoding, export, functional, fused, init, layout, segments
+from jaxseq import (
+    batch_norm,
+    data,
+    decoding,
+    export,
+    functional,
+    fused,
+    init,
+    layout,
+    segments,
+    tuning,
+)
 from jaxseq.batch_norm import BatchNorm
 from jaxseq.cells import GRUCell, LSTMCell, RNNCell
 from jaxseq.data import bucket_by_length, pack_rows
@@ -58,7 +69,7 @@ from jaxseq.segments import (
 )
 from jaxseq.validation import check_lengths, checked
 
-__version__ = "0.2.0"
+__version__ = "0.3.0"
 
 __all__ = [
     "CRF",
@@ -115,6 +126,7 @@ __all__ = [
     "segments",
     "teacher_forcing",
     "torch_state_dict",
+    "tuning",
     "unpad_sequence",
 ]
 
