@@ -470,8 +470,8 @@ def paths_to_lists(paths: Any, segment_ids: Any = None, *, batch_first: bool = F
       exactly what ``torchcrf.CRF.decode`` returns. With ``segment_ids``:
       ``List[List[List[int]]]``: for each row, the tags of each of its segments ``1, 2, ..., k``.
       Map these back to a data set's order with the packing's ``row`` and ``segment`` arrays
-      (:class:`jaxseq.data.RowPacking`): ``[out[r][s - 1] for r, s in zip(packing.row,
-      packing.segment)]``.
+      (:class:`jaxseq.data.RowPacking`): sequence ``i`` is ``out[r]`` at segment ``s - 1`` with
+      ``r, s = packing.row[i], packing.segment[i]``.
 
     Raises:
       ValueError: traced or mis-shaped ``paths`` / ``segment_ids``.
@@ -522,7 +522,7 @@ class CRF(nnx.Module):
     >>> mask = jnp.array([[True, True, True, True], [True, True, False, False]])
     >>> llh = crf(emissions, jnp.zeros((2, 4), jnp.int32), mask)          # "sum": a scalar
     >>> paths = crf.decode(emissions, mask)                               # int32 [B, T]
-    >>> [len(p) for p in paths_to_lists(paths, batch_first=True)]
+    >>> list(map(len, paths_to_lists(paths, batch_first=True)))
     [4, 2]
     """
 

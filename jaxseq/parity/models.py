@@ -416,7 +416,8 @@ def compare_models(torch_model: torch.nn.Module, jax_model: nnx.Module, batch: A
       jax_loss: ``jax_loss(model, batch)``, the same on the JAX side with the same output names;
         with ``jit=True`` it is compiled once per model structure, batch shapes and function (so
         it must be hashable, as functions are).
-      rename, prefix: as :func:`jaxseq.load_torch_state_dict`.
+      rename: as :func:`jaxseq.load_torch_state_dict`.
+      prefix: as :func:`jaxseq.load_torch_state_dict`.
       dtype: ``"float64"`` (default; JAX's x64 mode is switched on for the call and restored) or
         ``"float32"``.
       jit: run ``jax_loss`` and its gradient under ``nnx.jit`` (default); ``False`` runs it
@@ -461,8 +462,8 @@ def compare_models(torch_model: torch.nn.Module, jax_model: nnx.Module, batch: A
     >>> report = compare_models(torch_lin, nnx.Linear(3, 2, rngs=nnx.Rngs(0)), batch,
     ...                         torch_loss=lambda m, b: (m(b["x"]) ** 2).sum(),
     ...                         jax_loss=lambda m, b: (m(b["x"]) ** 2).sum())
-    >>> [(e.kind, e.name) for e in sorted(report.entries, key=lambda e: e.label())]
-    [('grad', 'bias'), ('grad', 'weight'), ('loss', 'loss')]
+    >>> sorted(e.label() for e in report.entries)
+    ['grad bias', 'grad weight', 'loss loss']
     >>> report.assert_close(rtol=1e-12)
     """
     if not isinstance(torch_model, torch.nn.Module):
