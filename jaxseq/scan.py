@@ -20,9 +20,13 @@ Performance structure (measurements in ``docs/benchmarks.md``):
 * :data:`masked_scan_jvp` (``forward_mode=True``) computes the same function with a custom JVP
   instead, whose tangent map hoists every term that does not depend on the previous step
   (``dx @ W_ih``, ``x @ dW_ih``, ``h @ dW_hh``...) out of the loop as GEMMs; JAX transposes it for
-  reverse mode, and forward mode, ``jax.hessian`` and forward-over-reverse work. Its reverse mode is
-  slower than the hand-written one (a fresh gate-gradient buffer, measured in the benchmarks);
-* with a :class:`Staircase` schedule (built automatically when ``lengths`` are concrete), rows are
+  reverse mode, and forward mode, ``jax.hessian`` and forward-over-reverse work. Its reverse mode
+  runs the same loops and GEMMs as the hand-written one, plus one fresh ``[S, B, G]`` gate-gradient
+  buffer per direction (two for GRU): a transposed scan cannot write over the saved
+  pre-activations, and the new buffer is zero-filled and, with glibc's default ``malloc``,
+  page-faulted at every call (measured in the benchmarks);
+* with a :class:`Staircase` schedule (asked for with ``time_chunks > 1`` and concrete ``lengths``,
+  or passed explicitly), rows are
   sorted by length and time is cut into a few chunks, each scanned over only the rows still active,
   so compute follows the number of valid tokens rather than ``B * T``.
 """
@@ -117,6 +121,19 @@ def _matmul(a: jax.Array, b: jax.Array, compute_dtype) -> jax.Array:
     if compute_dtype is None:
         return jnp.matmul(a, b)
     return jnp.matmul(a.astype(compute_dtype), b.astype(compute_dtype), preferred_element_type=a.dtype)
+
+
+def _matmul_nt(a: jax.Array, b: jax.Array, compute_dtype) -> jax.Array:
+    """``a @ swapaxes(b, -1, -2)``: ``[..., M, K] x [..., N, K] -> [..., M, N]``, with
+    :func:`_matmul`'s ``compute_dtype`` rule. Its transpose with respect to ``a`` is the plain
+    product ``ct @ b``: used in the tangent map with ``b`` in torch's ``[G, ·]`` layout, it gives
+    reverse mode the same non-transposed GEMMs as the hand-written backward pass."""
+    batch = tuple(range(b.ndim - 2))                  # b's leading axes are batch axes of both
+    dims = (((a.ndim - 1,), (b.ndim - 1,)), (batch, batch))
+    if compute_dtype is None:
+        return lax.dot_general(a, b, dims)
+    return lax.dot_general(a.astype(compute_dtype), b.astype(compute_dtype), dims,
+                           preferred_element_type=a.dtype)
 
 
 def _gemm(a: jax.Array, b: jax.Array, compute_dtype) -> jax.Array:
@@ -372,8 +389,10 @@ def _masked_scan_jvp(cell, options, primals, tangents):
     ``(h * dmask) @ W_hh``. The loop keeps only ``dh_rec @ W_hh`` and the linearised gate
     equations, which it recomputes from the saved pre-activations (``jax.checkpoint``: nothing per
     step is stored for the tangent). Transposed by JAX for reverse mode, the loop becomes one
-    ``dgates @ W_hh.T`` per step and the hoisted GEMMs become the weight and input gradients, as
-    large GEMMs after the loop.
+    ``dgates @ W_hh`` per step (torch's ``[G, H_out]`` layout, as in the hand-written backward
+    pass) and the hoisted GEMMs become the weight and input gradients, as large GEMMs after the
+    loop. What remains different from :func:`_masked_scan_bwd` is memory: the transposed loop
+    writes the gate gradients into a new ``[S, B, G]`` buffer instead of over ``pre``.
     """
     xs, valid, carry0, w, p, state_mask, starts, inits = primals
     dxs, _, dcarry0, dw, dp, dmask, _, dinits = tangents
@@ -398,8 +417,15 @@ def _masked_scan_jvp(cell, options, primals, tangents):
     def gemm(a, b):
         return _gemm(a, b, compute_dtype)
 
+    # W in torch's [G, ·] layout, used through _matmul_nt: transposed for reverse mode, the
+    # products with W become plain ``ct @ W`` GEMMs, as in _masked_scan_bwd (written with the
+    # [·, G] layout, XLA ran them with a transposed operand: measurably slower per step on CPU).
+    w_ih = jnp.swapaxes(w.w_ih_t, 1, 2)                                       # [D, G, F]
+    w_hh = jnp.swapaxes(w.w_hh_t, 1, 2)                                       # [D, G, H_out]
+    w_hh = w_hh if compute_dtype is None else w_hh.astype(compute_dtype)
+
     def hoisted_x(d):
-        terms = [] if dxs[d] is None else [gemm(dxs[d], w.w_ih_t[d])]
+        terms = [] if dxs[d] is None else [_matmul_nt(dxs[d], w_ih[d], compute_dtype)]
         terms += [] if dw_ih is None else [gemm(xs[d], dw_ih[d])]
         terms += [] if dbias is None else [jnp.broadcast_to(dbias[d], pre[0].shape)]
         return sum(terms[1:], terms[0]) if terms else jnp.zeros_like(pre[0])
@@ -408,7 +434,7 @@ def _masked_scan_jvp(cell, options, primals, tangents):
         terms = [] if dw_hh is None else [gemm(h_rec[d], dw_hh[d])]
         if dmask is not None:
             m = dmask[:, d] if per_step_mask else dmask[d]
-            terms.append(gemm(h_prev[d] * m, w.w_hh_t[d]))
+            terms.append(_matmul_nt(h_prev[d] * m, w_hh[d], compute_dtype))
         return sum(terms[1:], terms[0]) if terms else None
 
     a_x = [hoisted_x(d) for d in range(D)]
@@ -419,7 +445,6 @@ def _masked_scan_jvp(cell, options, primals, tangents):
     elif any(h is None for h in a_h):
         a_h = [jnp.zeros_like(a) if h is None else h for a, h in zip(a_x, a_h)]
 
-    w_hh_t = w.w_hh_t if compute_dtype is None else w.w_hh_t.astype(compute_dtype)
     dp = _instantiate(dp, p)
     if inits is None or all(isinstance(t, SymbolicZero) for t in dinits):
         dinits = None
@@ -442,7 +467,7 @@ def _masked_scan_jvp(cell, options, primals, tangents):
             d_carry = _reset(d_carry, start_t, d_init_t)
         mask = mask_t if per_step_mask else state_mask
         d_h_rec = d_carry[0] if mask is None else d_carry[0] * mask
-        d_hw = _matmul(d_h_rec, w_hh_t, compute_dtype)                       # [D, B, G]
+        d_hw = _matmul_nt(d_h_rec, w_hh, compute_dtype)                      # [D, B, G]
         pre_t = [jnp.stack(pre_t[k * D:(k + 1) * D]) for k in range(len(pre_t) // D)]
         d_in = [jnp.stack(a_x_t) + d_hw] if summed else [jnp.stack(a_x_t), jnp.stack(a_h_t) + d_hw]
         d_new = cell_tangent(pre_t, (jnp.stack(h_prev_t),) + tuple(rest_prev_t), d_in, d_carry)
