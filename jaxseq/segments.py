@@ -235,10 +235,7 @@ def segment_starts(segment_ids: Any, batch_first: bool = False) -> jax.Array:
     >>> segment_starts(ids, batch_first=True).astype(int).tolist()
     [[1, 0, 1, 1, 0, 0]]
     """
-    ids, _ = _checked_ids(segment_ids, jnp.shape(segment_ids)[1 if batch_first else 0],
-                          batch_first)
-    starts = sequence_starts(ids)
-    return starts.T if batch_first else starts
+    return _step_mask(sequence_starts, segment_ids, batch_first)
 
 
 def segment_ends(segment_ids: Any, batch_first: bool = False) -> jax.Array:
@@ -251,10 +248,15 @@ def segment_ends(segment_ids: Any, batch_first: bool = False) -> jax.Array:
     >>> segment_ends(ids, batch_first=True).astype(int).tolist()
     [[0, 1, 1, 0, 1, 0]]
     """
+    return _step_mask(sequence_ends, segment_ids, batch_first)
+
+
+def _step_mask(mark: Any, segment_ids: Any, batch_first: bool) -> jax.Array:
+    """``mark(checked time-major ids)`` in the layout of ``segment_ids`` (ids <= T always hold)."""
     ids, _ = _checked_ids(segment_ids, jnp.shape(segment_ids)[1 if batch_first else 0],
                           batch_first)
-    ends = sequence_ends(ids)
-    return ends.T if batch_first else ends
+    marked = mark(ids)
+    return marked.T if batch_first else marked
 
 
 def segment_lengths(segment_ids: Any, max_segments: Optional[int] = None,

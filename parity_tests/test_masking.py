@@ -8,6 +8,7 @@ import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 
+import jaxseq  # noqa: E402
 from jaxseq.masking import last_valid, length_mask, reverse_padded  # noqa: E402
 from torch_ref.packing import from_packed, to_packed  # noqa: E402
 
@@ -131,3 +132,40 @@ def test_jit_with_traced_lengths():
     np.testing.assert_array_equal(np.asarray(mask), np.arange(T)[None] < LENGTHS[:, None])
     np.testing.assert_array_equal(np.asarray(rev), _torch_reverse(np.asarray(x), True))
     np.testing.assert_array_equal(np.asarray(last), _torch_last_valid(np.asarray(x), True))
+
+
+def test_length_mask_time_major_is_the_transpose():
+    lengths = jnp.array([3, 0, 5, 1])
+    batch_major = jaxseq.length_mask(lengths, 5)
+    time_major = jaxseq.length_mask(lengths, 5, batch_first=False)
+    assert time_major.shape == (5, 4)
+    np.testing.assert_array_equal(time_major, batch_major.T)
+    with pytest.raises(ValueError, match="lengths"):
+        jaxseq.length_mask(jnp.array([6]), 5, batch_first=False)
+
+
+def _segment_marks(ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """First and last step of every segment of batch-first ``ids [B, T]``, by a plain loop."""
+    starts, ends = np.zeros(ids.shape, bool), np.zeros(ids.shape, bool)
+    for b, row in enumerate(ids):
+        for t, v in enumerate(row):
+            if v:
+                starts[b, t] = t == 0 or row[t - 1] != v
+                ends[b, t] = t == len(row) - 1 or row[t + 1] != v
+    return starts, ends
+
+
+@pytest.mark.parametrize("batch_first", [True, False])
+def test_segment_start_and_end_masks(batch_first):
+    ids = np.array([[1, 1, 2, 3, 3, 0], [1, 2, 3, 4, 5, 6], [1, 1, 1, 1, 1, 1], [0] * 6])
+    starts, ends = _segment_marks(ids)
+    given = ids if batch_first else ids.T
+    layout = (lambda a: a) if batch_first else (lambda a: a.T)
+    np.testing.assert_array_equal(jaxseq.segment_starts(given, batch_first=batch_first),
+                                  layout(starts))
+    np.testing.assert_array_equal(jaxseq.segment_ends(given, batch_first=batch_first), layout(ends))
+    traced = jax.jit(lambda i: jaxseq.segment_ends(i, batch_first=batch_first))(jnp.asarray(given))
+    np.testing.assert_array_equal(traced, layout(ends))
+    bad = np.array([[1, 0, 2, 0, 0, 0]])
+    with pytest.raises(ValueError, match="segment_ids"):
+        jaxseq.segment_starts(bad if batch_first else bad.T, batch_first=batch_first)
