@@ -7,8 +7,9 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Optional, Sequence
+from typing import Any, Optional
 
 RUNS_DIR = Path(__file__).resolve().parent.parent / "runs"
 
@@ -33,27 +34,47 @@ class TrainConfig:
     seed: int = 0
 
     @classmethod
-    def quick(cls) -> "TrainConfig":
+    def quick(cls) -> TrainConfig:
         return cls(epochs=3)
 
 
-def parse_config(description: str, argv: Optional[Sequence[str]] = None) -> tuple[TrainConfig, Path]:
+def parse_config(description: str, argv: Optional[Sequence[str]] = None,
+                 config_class: Any = TrainConfig) -> tuple[Any, Path]:
     """Parse the command line shared by the example scripts: ``--quick`` plus overrides.
+
+    ``config_class`` is a frozen dataclass with a ``quick()`` classmethod (default
+    :class:`TrainConfig`): one ``--field-name`` per field (``Optional`` fields as integers, tuples
+    as comma-separated integers), ``--quick`` (its ``quick()``) and ``--out``.
 
     Returns:
       ``(config, out_dir)``; ``out_dir`` (default ``runs/``) receives plots and checkpoints.
     """
     parser = argparse.ArgumentParser(description=description)
     parser.add_argument("--quick", action="store_true", help="short CPU budget (about a minute)")
-    for field in dataclasses.fields(TrainConfig):
-        kind = int if field.name in ("max_steps",) else type(field.default)
+    fields = dataclasses.fields(config_class)
+    for field in fields:
+        default = field.default
+        kind: Any = type(default) if default is not None else int
+        if isinstance(default, tuple):
+            kind = lambda text: tuple(int(v) for v in text.split(","))  # noqa: E731
         parser.add_argument(f"--{field.name.replace('_', '-')}", type=kind, default=None)
     parser.add_argument("--out", type=Path, default=RUNS_DIR, help="output folder (default runs/)")
     args = parser.parse_args(argv)
-    config = TrainConfig.quick() if args.quick else TrainConfig()
-    overrides = {f.name: getattr(args, f.name) for f in dataclasses.fields(TrainConfig)
-                 if getattr(args, f.name) is not None}
+    config = config_class.quick() if args.quick else config_class()
+    overrides = {f.name: getattr(args, f.name) for f in fields if getattr(args, f.name) is not None}
     return dataclasses.replace(config, **overrides), args.out
+
+
+def save_figure(fig: Any, title: str, path: Path) -> Path:
+    """Title, lay out, write ``fig`` to the PNG ``path`` (folders created) and close it."""
+    import matplotlib.pyplot as plt
+
+    fig.suptitle(title)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
 
 
 @dataclasses.dataclass
@@ -92,12 +113,7 @@ class History:
             ax.set_ylabel(name)
             ax.grid(alpha=0.3)
             ax.legend()
-        fig.suptitle(title)
-        fig.tight_layout()
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fig.savefig(path, dpi=100)
-        plt.close(fig)
-        return path
+        return save_figure(fig, title, path)
 
 
 def _moving_average(values: Sequence[float], window: int) -> list[float]:
