@@ -53,7 +53,7 @@ def torch_default(key: jax.Array, mode: str, input_size: int, hidden_size: int, 
     # One draw for all parameters (one compiled kernel per model size, not one per shape).
     flat = np.asarray(jax.random.uniform(key, (sum(sizes),), dtype, -bound, bound))
     chunks = np.split(flat, np.cumsum(sizes)[:-1])
-    return {name: jnp.asarray(chunk.reshape(shape))
+    return {name: jax.device_put(chunk.reshape(shape))   # device_put: no compiled op per shape
             for chunk, (name, shape) in zip(chunks, shapes.items())}
 
 
@@ -106,13 +106,13 @@ def recommended(key: jax.Array, mode: str, input_size: int, hidden_size: int, nu
     params: dict[str, jax.Array] = {}
     for name, stack in blocks.items():
         w = np.concatenate([_orthogonal(next(normals), r, c) for r, c in stack])
-        params[name] = jnp.asarray(w.astype(np.dtype(dtype)))
+        params[name] = jax.device_put(w.astype(np.dtype(dtype)))
     for name, shape in shapes.items():
         if name.startswith("bias"):
             b = np.zeros(shape, np.dtype(dtype))
             if mode == "LSTM" and name.startswith("bias_ih"):
                 b[hidden_size:2 * hidden_size] = forget_bias
-            params[name] = jnp.asarray(b)
+            params[name] = jax.device_put(b)
     return {name: params[name] for name in shapes}   # torch's order
 
 
