@@ -13,6 +13,7 @@ dtype=float32) -> {torch name: array}``, so one can be passed to the modules as
 """
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Callable
 from typing import Union
@@ -46,23 +47,29 @@ def torch_default(key: jax.Array, mode: str, input_size: int, hidden_size: int, 
     >>> {k: v.shape for k, v in p.items()}
     {'weight_ih_l0': (12, 3), 'weight_hh_l0': (12, 4), 'bias_ih_l0': (12,), 'bias_hh_l0': (12,)}
     """
-    shapes = param_shapes(Structure(mode, input_size, hidden_size, num_layers, bias, bidirectional,
-                                    proj_size))
-    bound = 1.0 / math.sqrt(hidden_size)
+    return _uniform(key, Structure(mode, input_size, hidden_size, num_layers, bias, bidirectional,
+                                   proj_size), np.dtype(dtype))
+
+
+@functools.partial(jax.jit, static_argnums=(1, 2))
+def _uniform(key: jax.Array, structure: Structure, dtype: np.dtype) -> dict[str, jax.Array]:
+    """:func:`torch_default` for ``structure``: one jitted draw per model structure, traceable (so
+    modules can be built under ``nnx.eval_shape`` / ``nnx.jit``) and one compilation eagerly."""
+    shapes = param_shapes(structure)
+    bound = 1.0 / math.sqrt(structure.hidden_size)
     sizes = [math.prod(shape) for shape in shapes.values()]
-    # One draw for all parameters (one compiled kernel per model size, not one per shape).
-    flat = np.asarray(jax.random.uniform(key, (sum(sizes),), dtype, -bound, bound))
-    chunks = np.split(flat, np.cumsum(sizes)[:-1])
-    return {name: jax.device_put(chunk.reshape(shape))   # device_put: no compiled op per shape
-            for chunk, (name, shape) in zip(chunks, shapes.items())}
+    flat = jax.random.uniform(key, (sum(sizes),), dtype, -bound, bound)
+    chunks = jnp.split(flat, np.cumsum(sizes)[:-1])
+    return {name: chunk.reshape(shape) for chunk, (name, shape) in zip(chunks, shapes.items())}
 
 
-def _orthogonal(normal: np.ndarray, rows: int, cols: int) -> np.ndarray:
-    """Orthogonal ``[rows, cols]`` from standard normals (QR with the sign of ``diag(R)`` fixed, as
-    ``jax.nn.initializers.orthogonal``): orthonormal rows if ``rows <= cols``, else columns."""
-    q, r = np.linalg.qr(normal.reshape(max(rows, cols), min(rows, cols)).astype(np.float64))
-    q = q * np.sign(np.diag(r))
-    return q if rows >= cols else q.T
+def _orthogonal(normal: jax.Array, rows: int, cols: int) -> jax.Array:
+    """Orthogonal blocks ``[n, rows, cols]`` from standard normals ``[n * rows * cols]`` (QR with the
+    sign of ``diag(R)`` fixed, as ``jax.nn.initializers.orthogonal``): orthonormal rows if
+    ``rows <= cols``, else columns."""
+    q, r = jnp.linalg.qr(normal.reshape(-1, max(rows, cols), min(rows, cols)))
+    q = q * jnp.sign(jnp.diagonal(r, axis1=-2, axis2=-1))[..., None, :]
+    return q if rows >= cols else jnp.swapaxes(q, -1, -2)
 
 
 def recommended(key: jax.Array, mode: str, input_size: int, hidden_size: int, num_layers: int = 1,
@@ -95,24 +102,32 @@ def recommended(key: jax.Array, mode: str, input_size: int, hidden_size: int, nu
         >>> bool(jnp.allclose(w @ w.T, jnp.eye(2), atol=1e-6))
         True
     """
-    s = Structure(mode, input_size, hidden_size, num_layers, bias, bidirectional, proj_size)
+    return _orthogonal_params(key, Structure(mode, input_size, hidden_size, num_layers, bias,
+                                             bidirectional, proj_size), np.dtype(dtype),
+                              float(forget_bias))
+
+
+@functools.partial(jax.jit, static_argnums=(1, 2, 3))
+def _orthogonal_params(key: jax.Array, structure: Structure, dtype: np.dtype,
+                       forget_bias: float) -> dict[str, jax.Array]:
+    """:func:`recommended` for ``structure``: jitted and traceable, as :func:`_uniform`."""
+    s, hidden = structure, structure.hidden_size
     shapes = param_shapes(s)
-    # Each weight is a stack of blocks: `gates` blocks [H, in] for W_ih / W_hh, one [P, H] for W_hr.
-    blocks = {name: [shape] if name.startswith("weight_hr") else [(hidden_size, shape[1])] * s.gates
+    # Each weight is a stack of `n` blocks [rows, cols]: `gates` blocks [H, in] for W_ih / W_hh,
+    # one [P, H] for W_hr.
+    blocks = {name: (1, *shape) if name.startswith("weight_hr") else (s.gates, hidden, shape[1])
               for name, shape in shapes.items() if name.startswith("weight")}
-    sizes = [r * c for stack in blocks.values() for r, c in stack]
-    # One draw for all blocks (one compiled kernel per model size); QR on the host, in float64.
-    normals = iter(np.split(np.asarray(jax.random.normal(key, (sum(sizes),))), np.cumsum(sizes)[:-1]))
-    params: dict[str, jax.Array] = {}
-    for name, stack in blocks.items():
-        w = np.concatenate([_orthogonal(next(normals), r, c) for r, c in stack])
-        params[name] = jax.device_put(w.astype(np.dtype(dtype)))
+    sizes = [math.prod(stack) for stack in blocks.values()]
+    # One draw for all blocks, QR in the default float type (float64 under jax_enable_x64).
+    normals = jnp.split(jax.random.normal(key, (sum(sizes),)), np.cumsum(sizes)[:-1])
+    params = {name: _orthogonal(normal, rows, cols).reshape(shapes[name]).astype(dtype)
+              for normal, (name, (_, rows, cols)) in zip(normals, blocks.items())}
     for name, shape in shapes.items():
         if name.startswith("bias"):
-            b = np.zeros(shape, np.dtype(dtype))
-            if mode == "LSTM" and name.startswith("bias_ih"):
-                b[hidden_size:2 * hidden_size] = forget_bias
-            params[name] = jax.device_put(b)
+            b = jnp.zeros(shape, dtype)
+            if s.mode == "LSTM" and name.startswith("bias_ih"):
+                b = b.at[hidden:2 * hidden].set(forget_bias)
+            params[name] = b
     return {name: params[name] for name in shapes}   # torch's order
 
 

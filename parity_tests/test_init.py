@@ -144,3 +144,35 @@ def test_torch_default_bounds(cfg):
     check_uniform_bounds(torch_params, cfg.hidden_size)
     with pytest.raises(AssertionError):                   # the checker rejects a wrong bound
         check_uniform_bounds(jax_params, 2 * cfg.hidden_size)
+
+
+# --- building under a trace (Flax's abstract-model and sharded-init recipes) ------------------------
+BUILDERS = {
+    "lstm-bi-proj": lambda: jaxseq.LSTM(3, 5, num_layers=2, bidirectional=True, proj_size=2,
+                                        dropout=0.2, weight_drop=0.1, rngs=nnx.Rngs(0)),
+    "gru-recommended": lambda: jaxseq.GRU(3, 5, init="recommended", rngs=nnx.Rngs(1)),
+    "lstm-cell-recommended": lambda: jaxseq.LSTMCell(3, 4, init="recommended", rngs=nnx.Rngs(2)),
+    "rnn-cell": lambda: jaxseq.RNNCell(3, 4, rngs=nnx.Rngs(3)),
+    "crf": lambda: jaxseq.CRF(4, rngs=nnx.Rngs(4)),
+    "batch-norm": lambda: jaxseq.BatchNorm(4),
+}
+
+
+@pytest.mark.parametrize("name", BUILDERS)
+def test_modules_build_under_eval_shape_and_jit(name):
+    """``nnx.eval_shape(lambda: Model(...))`` (the abstract model orbax restores into) and
+    ``nnx.jit`` construction (sharded init) work, and ``nnx.jit`` gives the eager parameters."""
+    build = BUILDERS[name]
+    eager = build()
+    abstract = nnx.eval_shape(build)
+    graph, abstract_state = nnx.split(abstract)
+    state = nnx.state(eager)
+    assert jax.tree.map(lambda a: (a.shape, a.dtype), abstract_state) == \
+        jax.tree.map(lambda a: (a.shape, a.dtype), state)
+    restored = nnx.merge(graph, state)              # what a checkpoint restore does
+    assert type(restored) is type(eager)
+    jitted = nnx.jit(build)()
+    for got, want in zip(jax.tree.leaves(nnx.state(jitted)), jax.tree.leaves(state)):
+        if jax.dtypes.issubdtype(want.dtype, jax.dtypes.prng_key):   # the dropout stream's key
+            got, want = jax.random.key_data(got), jax.random.key_data(want)
+        np.testing.assert_array_equal(np.asarray(got), np.asarray(want))
