@@ -114,6 +114,10 @@ def use_reference_kernel() -> Iterator[None]:
     """Inside this block ``impl="cudnn"`` / ``"auto"`` run :func:`reference_kernel` in place of
     cuDNN, on any backend (for tests and ``benchmarks/gpu_check.py --emulate`` on a CPU).
 
+    The choice is made when a call is traced: eager calls follow the block, but a function you
+    ``jax.jit`` keeps the kernel of its first trace when called later outside (or inside) the
+    block; jit it afresh to switch. The same holds for :func:`scan_only`.
+
     >>> import jax.numpy as jnp
     >>> from flax import nnx
     >>> import jaxseq
