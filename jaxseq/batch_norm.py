@@ -98,11 +98,13 @@ def _check_eps(eps: float) -> float:
 
 
 @functools.partial(jax.jit, static_argnames=("use_batch_stats", "update", "momentum", "eps"))
+@functools.partial(jax.jit, static_argnames=("use_batch_stats", "update", "momentum", "eps"))
 def _batch_norm(x: jax.Array, weight: Optional[jax.Array], bias: Optional[jax.Array],
                 running: Optional[RunningStats], valid: Optional[jax.Array], *,
                 use_batch_stats: bool, update: bool, momentum: Optional[float], eps: float
                 ) -> tuple[jax.Array, Optional[RunningStats]]:
-    """The equations, for checked inputs (see :func:`batch_norm`)."""
+    """The equations, for checked inputs (see :func:`batch_norm`); jitted, so an eager call
+    compiles once per shape and options."""
     arrays = [a for a in (weight, bias) + (tuple(running[:2]) if running else ()) if a is not None]
     dtype = jnp.result_type(x.dtype, *(a.dtype for a in arrays))
     x = x.astype(dtype)

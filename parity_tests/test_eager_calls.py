@@ -97,6 +97,25 @@ def test_functional_and_cells_compile_once(mode):
     _calls_compile(lambda seed: cell(_x(seed, (B, I))), first_max=1)
 
 
+def test_batch_norm_crf_and_ctc_compile_once_per_shape():
+    """The whole-model glue: new lengths recompile nothing (the first call's count includes the
+    few jnp primitives computed outside the cached cores: masks from lengths)."""
+    norm = jaxseq.BatchNorm(I)
+    norm.train()
+    _calls_compile(lambda seed: norm(_x(seed), _lengths(seed)), first_max=8)
+    crf = jaxseq.CRF(I, rngs=nnx.Rngs(0))
+    tags = np.random.default_rng(0).integers(0, I, (T, B))
+    _calls_compile(lambda seed: crf(_x(seed), tags, lengths=_lengths(seed)), first_max=4)
+    _calls_compile(lambda seed: crf.decode(_x(seed), lengths=_lengths(seed)), first_max=2)
+    targets = np.random.default_rng(1).integers(1, I, (B, 2))
+
+    def ctc(seed):
+        log_probs = jax.nn.log_softmax(_x(seed))
+        return jaxseq.ctc_loss(log_probs, targets, _lengths(seed), np.minimum(_lengths(seed), 2))
+
+    _calls_compile(ctc, first_max=5)
+
+
 def test_asked_for_staircase_compiles_per_schedule_and_matches():
     """``time_chunks=k`` is the opt-in staircase: one compilation per schedule, same results."""
     params = init.torch_default(jax.random.key(0), "LSTM", I, H)
