@@ -47,8 +47,13 @@ def torch_default(key: jax.Array, mode: str, input_size: int, hidden_size: int, 
     >>> {k: v.shape for k, v in p.items()}
     {'weight_ih_l0': (12, 3), 'weight_hh_l0': (12, 4), 'bias_ih_l0': (12,), 'bias_hh_l0': (12,)}
     """
-    return _uniform(key, Structure(mode, input_size, hidden_size, num_layers, bias, bidirectional,
-                                   proj_size), np.dtype(dtype))
+    s = Structure(mode, input_size, hidden_size, num_layers, bias, bidirectional, proj_size)
+    return _torch_order(_uniform(key, s, np.dtype(dtype)), s)
+
+
+def _torch_order(params: dict[str, jax.Array], structure: Structure) -> dict[str, jax.Array]:
+    """``params`` in torch's ``state_dict`` order (a jitted function returns its dicts sorted)."""
+    return {name: params[name] for name in param_shapes(structure)}
 
 
 @functools.partial(jax.jit, static_argnums=(1, 2))
@@ -102,9 +107,8 @@ def recommended(key: jax.Array, mode: str, input_size: int, hidden_size: int, nu
         >>> bool(jnp.allclose(w @ w.T, jnp.eye(2), atol=1e-6))
         True
     """
-    return _orthogonal_params(key, Structure(mode, input_size, hidden_size, num_layers, bias,
-                                             bidirectional, proj_size), np.dtype(dtype),
-                              float(forget_bias))
+    s = Structure(mode, input_size, hidden_size, num_layers, bias, bidirectional, proj_size)
+    return _torch_order(_orthogonal_params(key, s, np.dtype(dtype), float(forget_bias)), s)
 
 
 @functools.partial(jax.jit, static_argnums=(1, 2, 3))
@@ -128,7 +132,7 @@ def _orthogonal_params(key: jax.Array, structure: Structure, dtype: np.dtype,
             if s.mode == "LSTM" and name.startswith("bias_ih"):
                 b = b.at[hidden:2 * hidden].set(forget_bias)
             params[name] = b
-    return {name: params[name] for name in shapes}   # torch's order
+    return params
 
 
 #: Initializers known by name (the ``init=`` option of :class:`jaxseq.LSTM`, GRU and RNN).

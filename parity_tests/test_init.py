@@ -176,3 +176,10 @@ def test_modules_build_under_eval_shape_and_jit(name):
         if jax.dtypes.issubdtype(want.dtype, jax.dtypes.prng_key):   # the dropout stream's key
             got, want = jax.random.key_data(got), jax.random.key_data(want)
         np.testing.assert_array_equal(np.asarray(got), np.asarray(want))
+
+
+@pytest.mark.parametrize("name", sorted(init.INITIALIZERS))
+def test_initializers_return_torch_state_dict_order(name):
+    torch_keys = list(torch.nn.LSTM(3, 5, num_layers=2, bidirectional=True, proj_size=2).state_dict())
+    params = init.INITIALIZERS[name](jax.random.key(0), "LSTM", 3, 5, 2, True, True, 2)
+    assert list(params) == torch_keys
