@@ -21,6 +21,7 @@ import torch
 
 import jaxseq
 from parity_tests.compiles import count_compiles
+from parity_tests.twins import assert_same_weights
 
 pytest.importorskip("wordfreq")
 pytest.importorskip("torchcrf")
@@ -169,10 +170,7 @@ def test_viterbi_paths_and_adam_steps_match_torch(loaded):
     torch_losses, jax_losses = np.array(losses).T
     np.testing.assert_allclose(jax_losses, torch_losses, rtol=1e-10)
     assert len(set(torch_losses.tolist())) == 3
-    after = jaxseq.torch_state_dict(jax_model)
-    for name, value in torch_model.state_dict().items():
-        np.testing.assert_allclose(after[name], value.numpy(), rtol=1e-9, atol=1e-12,
-                                   err_msg=name)
+    assert_same_weights(jax_model, torch_model)
     torch_model.eval()
     jax_eval = segment_data.evaluate(segment_crf.decode_fn(jax_model), splits["valid"], TINY)
     torch_eval = segment_data.evaluate(torch_segment_crf.decode_fn(torch_model),
