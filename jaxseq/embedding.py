@@ -84,13 +84,15 @@ def _check_ids(ids: Any, num_embeddings: int) -> Any:
     return ids
 
 
-@functools.partial(jax.jit, static_argnames=("padding_idx",))
-def _lookup(weight: jax.Array, ids: jax.Array, padding_idx: Optional[int]) -> jax.Array:
+#: ``padding_idx=None`` inside the compiled functions (one compilation serves every padding_idx).
+_NO_PADDING = -1
+
+
+@jax.jit
+def _lookup(weight: jax.Array, ids: jax.Array, padding_idx: jax.Array) -> jax.Array:
     # Negative ids are out of range (a NaN row), never counted from the end as jnp.take would.
     inside = jnp.where(ids < 0, weight.shape[0], ids)
     rows = jnp.take(weight, inside, axis=0, mode="fill", fill_value=jnp.nan)
-    if padding_idx is None:
-        return rows
     return jnp.where((ids == padding_idx)[..., None], jax.lax.stop_gradient(rows), rows)
 
 
@@ -126,15 +128,16 @@ def embedding_lookup(weight: jax.Array, ids: Any, padding_idx: Optional[int] = N
     check_floating(jnp.result_type(weight), "weight")
     num_embeddings = int(jnp.shape(weight)[0])
     padding_idx = check_padding_idx(padding_idx, num_embeddings)
-    return _lookup(weight, _check_ids(ids, num_embeddings), padding_idx)
+    return _lookup(weight, _check_ids(ids, num_embeddings),
+                   _NO_PADDING if padding_idx is None else padding_idx)
 
 
-@functools.partial(jax.jit, static_argnums=(1, 2, 3))
+@functools.partial(jax.jit, static_argnums=(1, 2))
 def _normal_table(key: jax.Array, shape: tuple[int, int], dtype: Any,
-                  padding_idx: Optional[int]) -> jax.Array:
+                  padding_idx: jax.Array) -> jax.Array:
     """torch's ``nn.Embedding`` init: ``N(0, 1)``, row ``padding_idx`` zero."""
     weight = jax.random.normal(key, shape, dtype)
-    return weight if padding_idx is None else weight.at[padding_idx].set(0)
+    return jnp.where(jnp.arange(shape[0])[:, None] == padding_idx, 0, weight).astype(dtype)
 
 
 class Embedding(nnx.Module):
@@ -176,8 +179,8 @@ class Embedding(nnx.Module):
         self._padding_idx = check_padding_idx(padding_idx, self._num_embeddings)
         check_floating(param_dtype, "param_dtype")
         shape = (self._num_embeddings, self._embedding_dim)
-        self.weight = nnx.Param(_normal_table(rngs.params(), shape, np.dtype(param_dtype),
-                                              self._padding_idx))
+        pad = _NO_PADDING if self._padding_idx is None else self._padding_idx
+        self.weight = nnx.Param(_normal_table(rngs.params(), shape, np.dtype(param_dtype), pad))
 
     @property
     def num_embeddings(self) -> int:
