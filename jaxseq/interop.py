@@ -18,18 +18,26 @@ jaxseq ``LSTMCell`` / ...              ``weight_ih``, ``weight_hh``, ``bias_ih``
 ``nnx.Conv`` (1-D, 2-D, 3-D)           ``kernel [*window, in/groups, out]`` <-> ``weight [out,
                                        in/groups, *window]``, ``bias`` (``nn.Conv1d/2d/3d``)
 ``nnx.Embed``                          ``embedding`` <-> ``weight``
+:class:`jaxseq.Embedding`              ``weight`` (``nn.Embedding``'s, ``padding_idx`` honoured)
 ``nnx.LayerNorm``, ``nnx.GroupNorm``   ``scale`` <-> ``weight``, ``bias``
 ``nnx.BatchNorm``                      ``scale`` <-> ``weight``, ``bias``, ``mean`` <->
                                        ``running_mean``, ``var`` <-> ``running_var``
+``nnx.Sequential``                     its ``layers`` level is left out: ``layers[i]`` is ``i``
+                                       (``nn.Sequential``'s keys ``0.weight``, ``3.bias``)
 a custom module's own Param/BatchStat  its attribute name, as is
 =====================================  ============================================================
 
-so ``model.encoder.lstm.weight_ih_l0`` is ``encoder.lstm.weight_ih_l0`` and
-``model.layers[1].kernel`` is ``layers.1.weight``. The whole ``torch_model.state_dict()``
-(parameters and buffers) loads without hand copying. Other Flax layers with variables
-(``nnx.ConvTranspose``, attention...) have no rule and raise. Torch keys that are named
-differently (AWD-LSTM's ``WeightDrop`` renames ``weight_hh_l0`` to ``module.weight_hh_l0_raw``; a
-tied decoder repeats the embedding) are mapped with ``rename=``.
+so ``model.encoder.lstm.weight_ih_l0`` is ``encoder.lstm.weight_ih_l0``,
+``model.layers[1].kernel`` (an ``nnx.List`` called ``layers``) is ``layers.1.weight`` and
+``model.postnet.layers[3].kernel`` (an ``nnx.Sequential`` called ``postnet``) is
+``postnet.3.weight``. torch's ``nn.Sequential`` counts its parameterless modules (``nn.ReLU``,
+``nn.Dropout``) as indices too: put callables (``nnx.relu``, an ``nnx.Dropout``) at the same
+positions of the ``nnx.Sequential``; when the indices or one level differ, the error pairs the
+keys that nearly match. The whole ``torch_model.state_dict()`` (parameters and buffers) loads
+without hand copying. Other Flax layers with variables (``nnx.ConvTranspose``, attention...) have
+no rule and raise. Torch keys that are named differently (AWD-LSTM's ``WeightDrop`` renames
+``weight_hh_l0`` to ``module.weight_hh_l0_raw``; a tied decoder repeats the embedding) are mapped
+with ``rename=`` (:func:`key_renamer` shows where a key goes).
 
 ``num_batches_tracked``. torch's batch norms count their training batches in an ``int64`` buffer.
 :class:`jaxseq.BatchNorm` keeps it (``momentum=None`` needs it) and exchanges it. ``nnx.BatchNorm``
@@ -49,7 +57,8 @@ of its statistics (float32 whatever ``param_dtype``: float64 buffers load rounde
 Gradients and optimizer moments. :func:`torch_state_dict` also takes an ``nnx.State`` that mirrors
 the model (``nnx.grad`` results, ``optimizer.opt_state[0].mu``): give ``like=model`` for the exact
 map, or let the Flax attribute names (``kernel``, ``embedding``, ``scale``, ``mean``, ``var``)
-stand for their layers.
+stand for their layers (a State has no module types: without ``like`` an ``nnx.Sequential``'s
+``layers`` level stays in the keys).
 """
 from __future__ import annotations
 
@@ -359,9 +368,10 @@ def load_torch_state_dict(module: nnx.Module, state_dict: Mapping[str, Any], *,
 
     Args:
       module: a jaxseq layer (:class:`jaxseq.LSTM` / ``GRU`` / ``RNN``), cell
-        (:class:`jaxseq.LSTMCell` / ...) or :class:`jaxseq.BatchNorm`, or any NNX model built from
-        them, ``nnx.Linear``, ``nnx.Conv``, ``nnx.Embed``, ``nnx.LayerNorm``, ``nnx.GroupNorm``,
-        ``nnx.BatchNorm`` and custom modules (keys as in the module docs).
+        (:class:`jaxseq.LSTMCell` / ...), :class:`jaxseq.BatchNorm` or :class:`jaxseq.Embedding`,
+        or any NNX model built from them, ``nnx.Linear``, ``nnx.Conv``, ``nnx.Embed``,
+        ``nnx.LayerNorm``, ``nnx.GroupNorm``, ``nnx.BatchNorm``, ``nnx.Sequential`` (torch's
+        ``nn.Sequential`` keys) and custom modules (keys as in the module docs).
       state_dict: ``{torch key: tensor or array}``, e.g. ``torch_model.state_dict()``.
       prefix: read only keys starting with ``prefix`` (e.g. ``"encoder.lstm."`` for a submodule of a
         larger torch model), with the prefix stripped; other keys are ignored.
@@ -370,8 +380,9 @@ def load_torch_state_dict(module: nnx.Module, state_dict: Mapping[str, Any], *,
         ``{r"^decoder\\.weight$": None}`` for a decoder tied to the embedding.
 
     Raises:
-      ValueError: keys on either side without a counterpart (all of them listed, with shapes), or a
-        shape mismatch (naming the key and both shapes, in torch's layout).
+      ValueError: keys on either side without a counterpart (all of them listed, with shapes, and
+        the pairs that differ only in list indices or by one level named together), or a shape
+        mismatch (naming the key and both shapes, in torch's layout).
       TypeError: ``state_dict`` is not a mapping, a value's dtype does not fit its variable
         (an integer tensor for a parameter or a floating buffer, a floating one for a counter), or
         a Flax layer of the model has no torch mapping.
@@ -472,7 +483,8 @@ def torch_state_dict(module_or_state: Union[nnx.Module, nnx.State], *,
         ``var``) is renamed and re-laid-out as that layer's (``kernel`` transposed to torch's
         ``weight``), every other leaf keeps its name. That is exact for models of jaxseq layers,
         Flax layers and custom modules whose own variables have other names; give ``like`` when a
-        custom module's own variable is called ``kernel``, ``scale``...
+        custom module's own variable is called ``kernel``, ``scale``..., and for an
+        ``nnx.Sequential`` (without ``like`` its ``layers`` level stays: ``layers.0.weight``).
 
     Returns:
       Writable copies (``torch.from_numpy`` accepts them without a warning, and writing to them
