@@ -77,12 +77,13 @@ def conv_output_lengths(lengths: Any, kernel_size: int, stride: int = 1, padding
     Args:
       lengths: integer input lengths ``[B]`` (any shape, or an ``int``), ``>= 0``: numpy, a
         ``jax.Array`` (traced under ``jit`` too) or a Python int.
-      kernel_size, stride, dilation: the conv's, along this axis (torch's ``nn.Conv1d(...,
-        kernel_size, stride, padding, dilation)``; ``nnx.Conv``'s ``kernel_size``, ``strides``,
-        ``kernel_dilation``); integers ``>= 1``.
+      kernel_size: the conv's window along this axis (torch's ``nn.Conv1d(..., kernel_size,
+        stride, padding, dilation)`` arguments; ``nnx.Conv``'s ``kernel_size``), ``>= 1``.
+      stride: the conv's stride (``nnx.Conv``'s ``strides``), ``>= 1``; default 1.
       padding: an int (each side), a ``(low, high)`` pair, or ``"valid"``, ``"same"``,
         ``"causal"`` (see :data:`Padding`); default 0 (torch's default; ``nnx.Conv``'s is
         ``"SAME"``).
+      dilation: the conv's dilation (``nnx.Conv``'s ``kernel_dilation``), ``>= 1``; default 1.
 
     Returns:
       ``L_out``, same shape and kind as ``lengths`` (numpy in: numpy out, in its dtype; jax in: jax
