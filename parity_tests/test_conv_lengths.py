@@ -123,7 +123,7 @@ def test_errors():
     dilated = nnx.Conv(1, 1, 3, input_dilation=2, rngs=nnx.Rngs(0))
     with pytest.raises(ValueError, match="input_dilation=2 is not supported"):
         jaxseq.nnx_conv_output_lengths(3, dilated)
-    with pytest.raises(TypeError, match="conv must be an nnx.Conv"):
+    with pytest.raises(TypeError, match=r"conv must be an nnx\.Conv"):
         jaxseq.nnx_conv_output_lengths(3, nnx.Linear(1, 1, rngs=nnx.Rngs(0)))
 
 

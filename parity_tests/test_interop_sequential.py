@@ -180,3 +180,30 @@ def test_gradient_state_keys_with_and_without_like():
                                                              "3.bias"}
     assert set(jaxseq.torch_state_dict(grads)) == {"layers.0.weight", "layers.0.bias",
                                                    "layers.3.weight", "layers.3.bias"}
+
+
+def test_sequential_in_sequential_and_subclass_keys():
+    torch_keys = list(nn.Sequential(nn.Sequential(nn.Linear(M, H), nn.ReLU()), nn.Tanh(),
+                                    nn.Linear(H, M)).state_dict())
+
+    class Head(nnx.Sequential):                                   # a subclass with its own Param
+        def __init__(self, rngs):
+            super().__init__(nnx.Sequential(nnx.Linear(M, H, rngs=rngs), nnx.relu), jnp.tanh,
+                             nnx.Linear(H, M, rngs=rngs))
+            self.scale = nnx.Param(jnp.ones(()))
+
+    keys = list(jaxseq.torch_state_dict(nnx.jit(lambda: Head(nnx.Rngs(0)))()))
+    assert torch_keys == ["0.0.weight", "0.0.bias", "2.weight", "2.bias"]
+    assert sorted(keys) == sorted(torch_keys + ["scale"])
+
+
+def test_key_renamer_is_what_rename_does():
+    renamer = jaxseq.key_renamer([(r"^module\.", ""), (r"^fc\.", "head."), (r"\.bias$", None)])
+    assert [renamer(k) for k in ("module.fc.weight", "fc.bias", "emb.weight")] == [
+        "head.weight", None, "emb.weight"]
+    assert jaxseq.key_renamer({r"(\d+)\.": r"layers.\1."})("postnet.3.weight") == \
+        "postnet.layers.3.weight"
+    assert jaxseq.key_renamer(None)("a.b") == "a.b"
+    for bad in ("fc", [("fc",)], [(r"^fc", 3)]):
+        with pytest.raises(TypeError, match="rename must be a callable, a mapping"):
+            jaxseq.key_renamer(bad)
