@@ -63,7 +63,7 @@ stand for their layers (a State has no module types: without ``like`` an ``nnx.S
 from __future__ import annotations
 
 import re
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Collection, Iterable, Mapping
 from typing import Any, NamedTuple, Optional, Union
 
 import jax.numpy as jnp
@@ -325,13 +325,13 @@ def _one_level_apart(a: str, b: str) -> bool:
                                                for i in range(len(long)))
 
 
-def _near_misses(expected: Iterable[str], given: Iterable[str]) -> str:
+def _near_misses(expected: Collection[str], given: Collection[str]) -> str:
     """A hint pairing the state_dict's unexpected keys with the model's missing ones when they
     differ only in list indices (torch's ``nn.Sequential`` counts its parameterless modules) or
     by one level (an ``nnx.Sequential``'s ``layers``, a wrapper module); empty when none do."""
-    expected, given = list(expected), list(given)
-    missing = [k for k in expected if k not in set(given)]
-    unexpected = [k for k in given if k not in set(expected)]
+    expected_set, given_set = set(expected), set(given)
+    missing = [k for k in expected if k not in given_set]
+    unexpected = [k for k in given if k not in expected_set]
     pairs, why = [], {}
     for wrong in unexpected:
         for right in missing:
