@@ -144,23 +144,6 @@ class Hardtanh(nnx.Module):
 TORCH_KERNEL_INIT = nnx.initializers.variance_scaling(1.0 / 3.0, "fan_in", "uniform")
 
 
-def _along(value: Any, axis: int) -> int:
-    """An ``nnx.Conv`` option given as an int or per spatial axis, along ``axis``."""
-    return int(value[axis]) if isinstance(value, Sequence) else int(value)
-
-
-def conv_output_lengths(lengths: Any, conv: nnx.Conv, axis: int = 1) -> Any:
-    """``floor((L + pad_lo + pad_hi - dilation (kernel - 1) - 1) / stride) + 1``: the output sizes
-    of ``conv`` along spatial ``axis`` (1: time, 0: frequency, for ``[B, F, T, C]``) for input
-    sizes ``L`` (explicit ``padding`` pairs, as torch's)."""
-    if isinstance(conv.padding, str):
-        raise ValueError(f"padding must be explicit (low, high) pairs, got {conv.padding!r}")
-    low, high = conv.padding[axis]
-    dilation = _along(1 if conv.kernel_dilation is None else conv.kernel_dilation, axis)
-    span = dilation * (_along(conv.kernel_size, axis) - 1)
-    return (lengths + low + high - span - 1) // _along(conv.strides, axis) + 1
-
-
 class SpeechModel(nnx.Module):
     """The twin of :class:`torch_ref.speech.SpeechModel`, channels last.
 
@@ -188,7 +171,7 @@ class SpeechModel(nnx.Module):
         freq = cfg.n_freq
         for c in self.conv:
             if isinstance(c, nnx.Conv):
-                freq = conv_output_lengths(freq, c, axis=0)
+                freq = jaxseq.nnx_conv_output_lengths(freq, c, axis=0)
         self.rnn = jaxseq.LSTM(C * freq, cfg.hidden_size, batch_first=True, bidirectional=True,
                                param_dtype=param_dtype, rngs=rngs)
         self.fc = nnx.Linear(2 * cfg.hidden_size, cfg.num_classes, param_dtype=param_dtype,
@@ -200,7 +183,7 @@ class SpeechModel(nnx.Module):
         for module in self.conv:
             if isinstance(module, nnx.Conv):
                 x = module(x)                                                   # [B, F', T', C]
-                lengths = conv_output_lengths(lengths, module)
+                lengths = jaxseq.nnx_conv_output_lengths(lengths, module)
             elif isinstance(module, BatchNorm):                          # valid frames only
                 B, Fq, T, _ = x.shape
                 frames = jaxseq.length_mask(lengths, T)[:, None, :]             # [B, 1, T']

@@ -8,8 +8,11 @@ Public API (the README has the torch -> jaxseq map):
   initialisers in :mod:`jaxseq.init`;
 * decoding: :func:`dot_attention`, :func:`attention_weights`, :func:`teacher_forcing`,
   :func:`greedy_decode`, :func:`beam_search`, :func:`reorder_state` (:mod:`jaxseq.decoding`);
-* torch interop (a layer, a cell or a whole model): :func:`load_torch_state_dict`,
-  :func:`torch_state_dict`;
+* torch interop (a layer, a cell or a whole model, ``nnx.Sequential`` as ``nn.Sequential``):
+  :func:`load_torch_state_dict`, :func:`torch_state_dict`, :func:`key_renamer` (what ``rename=``
+  does to a key); :class:`Embedding` (``nn.Embedding`` with ``padding_idx``,
+  :func:`embedding_lookup`); :func:`conv_output_lengths`, :func:`nnx_conv_output_lengths`
+  (sequence lengths through a convolution, torch's formula);
 * sequences (twins of ``torch.nn.utils.rnn``): :func:`pad_sequence`, :func:`unpad_sequence`,
   :func:`length_mask`, :func:`reverse_padded`, :func:`last_valid`, masked pooling;
 * losses (:mod:`jaxseq.losses`): :func:`masked_cross_entropy`, :func:`masked_mse`,
@@ -41,6 +44,7 @@ from jaxseq import (
 )
 from jaxseq.batch_norm import BatchNorm
 from jaxseq.cells import GRUCell, LSTMCell, RNNCell
+from jaxseq.conv_lengths import conv_output_lengths, nnx_conv_output_lengths
 from jaxseq.data import bucket_by_length, pack_rows
 from jaxseq.decoding import (
                              attention_weights,
@@ -51,7 +55,8 @@ from jaxseq.decoding import (
                              teacher_forcing,
 )
 from jaxseq.dropout import EmbeddingDropout, LockedDropout, embedding_dropout, keep_mask
-from jaxseq.interop import load_torch_state_dict, torch_state_dict
+from jaxseq.embedding import Embedding, embedding_lookup
+from jaxseq.interop import key_renamer, load_torch_state_dict, torch_state_dict
 from jaxseq.losses import CRF, ctc_loss, masked_cross_entropy, masked_l1, masked_mse, paths_to_lists
 from jaxseq.masking import last_valid, length_mask, reverse_padded
 from jaxseq.padding import pad_sequence, unpad_sequence
@@ -77,6 +82,7 @@ __all__ = [
     "LSTM",
     "RNN",
     "BatchNorm",
+    "Embedding",
     "EmbeddingDropout",
     "GRUCell",
     "LSTMCell",
@@ -89,17 +95,20 @@ __all__ = [
     "bucket_by_length",
     "check_lengths",
     "checked",
+    "conv_output_lengths",
     "ctc_loss",
     "data",
     "decoding",
     "dot_attention",
     "embedding_dropout",
+    "embedding_lookup",
     "export",
     "functional",
     "fused",
     "greedy_decode",
     "init",
     "keep_mask",
+    "key_renamer",
     "last_valid",
     "layout",
     "length_mask",
@@ -110,6 +119,7 @@ __all__ = [
     "masked_mean",
     "masked_mse",
     "masked_sum",
+    "nnx_conv_output_lengths",
     "pack_rows",
     "pad_sequence",
     "paths_to_lists",

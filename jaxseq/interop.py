@@ -18,18 +18,26 @@ jaxseq ``LSTMCell`` / ...              ``weight_ih``, ``weight_hh``, ``bias_ih``
 ``nnx.Conv`` (1-D, 2-D, 3-D)           ``kernel [*window, in/groups, out]`` <-> ``weight [out,
                                        in/groups, *window]``, ``bias`` (``nn.Conv1d/2d/3d``)
 ``nnx.Embed``                          ``embedding`` <-> ``weight``
+:class:`jaxseq.Embedding`              ``weight`` (``nn.Embedding``'s, ``padding_idx`` honoured)
 ``nnx.LayerNorm``, ``nnx.GroupNorm``   ``scale`` <-> ``weight``, ``bias``
 ``nnx.BatchNorm``                      ``scale`` <-> ``weight``, ``bias``, ``mean`` <->
                                        ``running_mean``, ``var`` <-> ``running_var``
+``nnx.Sequential``                     its ``layers`` level is left out: ``layers[i]`` is ``i``
+                                       (``nn.Sequential``'s keys ``0.weight``, ``3.bias``)
 a custom module's own Param/BatchStat  its attribute name, as is
 =====================================  ============================================================
 
-so ``model.encoder.lstm.weight_ih_l0`` is ``encoder.lstm.weight_ih_l0`` and
-``model.layers[1].kernel`` is ``layers.1.weight``. The whole ``torch_model.state_dict()``
-(parameters and buffers) loads without hand copying. Other Flax layers with variables
-(``nnx.ConvTranspose``, attention...) have no rule and raise. Torch keys that are named
-differently (AWD-LSTM's ``WeightDrop`` renames ``weight_hh_l0`` to ``module.weight_hh_l0_raw``; a
-tied decoder repeats the embedding) are mapped with ``rename=``.
+so ``model.encoder.lstm.weight_ih_l0`` is ``encoder.lstm.weight_ih_l0``,
+``model.layers[1].kernel`` (an ``nnx.List`` called ``layers``) is ``layers.1.weight`` and
+``model.postnet.layers[3].kernel`` (an ``nnx.Sequential`` called ``postnet``) is
+``postnet.3.weight``. torch's ``nn.Sequential`` counts its parameterless modules (``nn.ReLU``,
+``nn.Dropout``) as indices too: put callables (``nnx.relu``, an ``nnx.Dropout``) at the same
+positions of the ``nnx.Sequential``; when the indices or one level differ, the error pairs the
+keys that nearly match. The whole ``torch_model.state_dict()`` (parameters and buffers) loads
+without hand copying. Other Flax layers with variables (``nnx.ConvTranspose``, attention...) have
+no rule and raise. Torch keys that are named differently (AWD-LSTM's ``WeightDrop`` renames
+``weight_hh_l0`` to ``module.weight_hh_l0_raw``; a tied decoder repeats the embedding) are mapped
+with ``rename=`` (:func:`key_renamer` shows where a key goes).
 
 ``num_batches_tracked``. torch's batch norms count their training batches in an ``int64`` buffer.
 :class:`jaxseq.BatchNorm` keeps it (``momentum=None`` needs it) and exchanges it. ``nnx.BatchNorm``
@@ -49,12 +57,13 @@ of its statistics (float32 whatever ``param_dtype``: float64 buffers load rounde
 Gradients and optimizer moments. :func:`torch_state_dict` also takes an ``nnx.State`` that mirrors
 the model (``nnx.grad`` results, ``optimizer.opt_state[0].mu``): give ``like=model`` for the exact
 map, or let the Flax attribute names (``kernel``, ``embedding``, ``scale``, ``mean``, ``var``)
-stand for their layers.
+stand for their layers (a State has no module types: without ``like`` an ``nnx.Sequential``'s
+``layers`` level stays in the keys).
 """
 from __future__ import annotations
 
 import re
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Collection, Iterable, Mapping
 from typing import Any, NamedTuple, Optional, Union
 
 import jax.numpy as jnp
@@ -63,6 +72,7 @@ from flax import nnx
 
 from jaxseq.batch_norm import BatchNorm
 from jaxseq.cells import CellBase
+from jaxseq.embedding import Embedding
 from jaxseq.layout import check_shapes, describe
 from jaxseq.recurrent import RecurrentBase
 
@@ -105,6 +115,7 @@ RULES: dict[type, dict[str, tuple[str, Layout]]] = {
     nnx.GroupNorm: _AFFINE,
     nnx.BatchNorm: {**_AFFINE, "mean": ("running_mean", AS_IS), "var": ("running_var", AS_IS)},
     BatchNorm: {name: (name, AS_IS) for name in BatchNorm.TORCH_NAMES},     # torch's names, order
+    Embedding: {"weight": ("weight", AS_IS)},
 }
 #: torch keys a Flax layer accepts on load and ignores (state it does not keep).
 IGNORED_ON_LOAD: dict[type, tuple[str, ...]] = {nnx.BatchNorm: ("num_batches_tracked",)}
@@ -152,8 +163,33 @@ def _where(path: tuple) -> str:
     return ".".join(map(str, path)) or "the top"
 
 
+def _children(node: Any) -> list[tuple[tuple, Any]]:
+    """``(graph path suffix, child)`` of a module, list or dict. An ``nnx.Sequential``'s
+    ``layers`` list is a level of the graph but not of torch's names (see :func:`_mapping`)."""
+    if isinstance(node, (list, tuple, nnx.List)):
+        return [((i,), child) for i, child in enumerate(node)]
+    if isinstance(node, dict):
+        return [((name,), child) for name, child in sorted(node.items())]
+    if not isinstance(node, nnx.Module):
+        return []
+    children: list[tuple[tuple, Any]] = []
+    for name, child in vars(node).items():
+        if isinstance(node, nnx.Sequential) and name == "layers":   # torch's names: 0, 1, ...
+            children.extend((("layers", i), layer) for i, layer in enumerate(child))
+        else:
+            children.append(((name,), child))
+    return children
+
+
 def _mapping(model: nnx.Module) -> _Mapping:
-    """The :class:`_Mapping` of every Param / BatchStat reachable from ``model``, in model order."""
+    """The :class:`_Mapping` of every Param / BatchStat reachable from ``model``, in model order.
+
+    A variable's torch key is its graph path, with two changes: a Flax layer's attribute takes its
+    torch name (:data:`RULES`), and the ``layers`` level of an ``nnx.Sequential`` is left out, so
+    ``model.postnet.layers[3].kernel`` is ``postnet.3.weight``, as in torch's ``nn.Sequential``
+    (whose parameterless modules count as indices too: put ``nnx.relu`` or an ``nnx.Dropout`` at
+    the same positions).
+    """
     found = _Mapping({}, {}, set())
     seen: dict[int, Optional[str]] = {}     # id -> torch key (None: a module)
 
@@ -162,35 +198,35 @@ def _mapping(model: nnx.Module) -> _Mapping:
         found.slots[key] = _Slot(variable, layout)
         found.paths[path] = key
 
-    def visit(node: Any, path: tuple) -> None:
+    def visit(node: Any, path: tuple, names: tuple) -> None:
+        """``path``: the graph path of ``node``; ``names``: its torch name, as parts."""
         if id(node) in seen:       # shared submodules / variables: first path wins (as torch)
             return
         seen[id(node)] = None
-        key = lambda name: ".".join(map(str, path + (name,)))   # noqa: E731
-        names = _torch_named(node) if isinstance(node, nnx.Module) else None
-        if names is not None:
-            for name in names:
+        key = lambda name: ".".join(map(str, names + (name,)))   # noqa: E731
+        torch_names = _torch_named(node) if isinstance(node, nnx.Module) else None
+        if torch_names is not None:
+            for name in torch_names:
                 add(getattr(node, name), path + (name,), key(name), AS_IS)
             return
         rule = RULES.get(type(node))
         found.ignored.update(key(name) for name in IGNORED_ON_LOAD.get(type(node), ()))
-        children: list[tuple[Any, Any]] = (
-            list(enumerate(node)) if isinstance(node, (list, tuple, nnx.List))
-            else sorted(node.items()) if isinstance(node, dict)
-            else list(vars(node).items()) if isinstance(node, nnx.Module) else [])
+        children = _children(node)
         if rule is not None:        # a Flax layer's variables in its rule's (torch's) order
-            children.sort(key=lambda item: list(rule).index(item[0]) if item[0] in rule else -1)
-        for name, child in children:
+            children.sort(key=lambda item: list(rule).index(item[0][-1])
+                          if item[0][-1] in rule else -1)
+        for suffix, child in children:
+            name = suffix[-1]
             if isinstance(child, TORCH_KINDS):
                 if id(child) in seen:
-                    found.paths[path + (name,)] = seen[id(child)]  # type: ignore[assignment]
+                    found.paths[path + suffix] = seen[id(child)]  # type: ignore[assignment]
                     continue
                 if rule is not None:
                     if name not in rule:
                         raise TypeError(f"no torch name for {type(child).__name__} {name!r} of "
                                         f"{type(node).__name__} at {_where(path)!r}")
                     torch_name, layout = rule[name]
-                    add(child, path + (name,), key(torch_name), layout)
+                    add(child, path + suffix, key(torch_name), layout)
                 elif type(node).__module__.startswith("flax.nnx.nn."):   # ConvTranspose...
                     supported = ", ".join(f"nnx.{cls.__name__}" for cls in RULES
                                           if cls.__module__.startswith("flax."))
@@ -198,20 +234,52 @@ def _mapping(model: nnx.Module) -> _Mapping:
                                     f"mapping (supported: jaxseq layers and cells, {supported}, "
                                     "custom modules' own Params and BatchStats)")
                 else:
-                    add(child, path + (name,), key(str(name)), AS_IS)
+                    add(child, path + suffix, key(str(name)), AS_IS)
             elif isinstance(child, (nnx.Module, list, tuple, dict)):
-                visit(child, path + (name,))
+                visit(child, path + suffix, names + (name,))
 
-    visit(model, ())
+    visit(model, (), ())
     return found
 
 
 def key_renamer(rename: Optional[Rename]) -> Callable[[str], Optional[str]]:
+    """The function ``torch key -> new key or None`` that ``rename=`` stands for (see
+    :data:`Rename`): what :func:`load_torch_state_dict` and ``jaxseq.parity.compare_models`` apply
+    to every torch key (after ``prefix``) before matching it with the model's keys, ``None``
+    dropping the key. Use it to see where a key goes, or to rename a state_dict (or a dict of torch
+    gradients) the same way.
+
+    Args:
+      rename: ``None`` (keys unchanged); a callable (returned as it is); or ``(pattern,
+        replacement)`` pairs, a mapping or a sequence, applied in order: each pattern that matches
+        (``re.search``) rewrites the key with ``re.sub`` (``\\1`` groups allowed), a ``None``
+        replacement drops it.
+
+    Returns:
+      ``renamer(key) -> str | None``.
+
+    Raises:
+      TypeError: ``rename`` is none of these (a string, pairs that are not ``(str, str | None)``).
+      re.error: a pattern that is not a regular expression.
+
+    >>> awd = key_renamer([(r"\\.module\\.", "."), (r"_raw$", ""), (r"^decoder\\.weight$", None)])
+    >>> awd("rnns.0.module.weight_hh_l0_raw"), awd("decoder.weight"), awd("decoder.bias")
+    ('rnns.0.weight_hh_l0', None, 'decoder.bias')
+    >>> key_renamer({r"^encoder\\.": "enc."})("encoder.conv.0.weight")
+    'enc.conv.0.weight'
+    """
     if rename is None:
         return lambda key: key
     if callable(rename):
         return rename
-    pairs = [(re.compile(p), r) for p, r in (rename.items() if isinstance(rename, Mapping) else rename)]
+    items = list(rename.items() if isinstance(rename, Mapping) else
+                 () if isinstance(rename, (str, bytes)) else rename)
+    if isinstance(rename, (str, bytes)) or not all(
+            isinstance(item, (tuple, list)) and len(item) == 2 and isinstance(item[0], str)
+            and (item[1] is None or isinstance(item[1], str)) for item in items):
+        raise TypeError(f"rename must be a callable, a mapping {{pattern: replacement or None}} or "
+                        f"(pattern, replacement) pairs, got {rename!r}")
+    pairs = [(re.compile(p), r) for p, r in items]
 
     def apply(key: str) -> Optional[str]:
         for pattern, replacement in pairs:
@@ -246,10 +314,50 @@ def _check_kind(key: str, value: np.ndarray, variable: nnx.Variable) -> None:
                         "(only integer counters such as num_batches_tracked may be integer)")
 
 
+def _unindexed(key: str) -> str:
+    return ".".join("#" if part.isdigit() else part for part in key.split("."))
+
+
+def _one_level_apart(a: str, b: str) -> bool:
+    """``b`` is ``a`` with one more dotted level (``layers.0.weight`` vs ``0.weight``)."""
+    short, long = a.split("."), b.split(".")
+    return len(long) == len(short) + 1 and any(long[:i] + long[i + 1:] == short
+                                               for i in range(len(long)))
+
+
+def _near_misses(expected: Collection[str], given: Collection[str]) -> str:
+    """A hint pairing the state_dict's unexpected keys with the model's missing ones when they
+    differ only in list indices (torch's ``nn.Sequential`` counts its parameterless modules) or
+    by one level (an ``nnx.Sequential``'s ``layers``, a wrapper module); empty when none do."""
+    expected_set, given_set = set(expected), set(given)
+    missing = [k for k in expected if k not in given_set]
+    unexpected = [k for k in given if k not in expected_set]
+    pairs, why = [], {}
+    for wrong in unexpected:
+        for right in missing:
+            if _unindexed(right) == _unindexed(wrong):
+                why["index"] = ("torch's nn.Sequential counts its parameterless modules (nn.ReLU, "
+                                "nn.Dropout...) as indices: put callables (nnx.relu, "
+                                "nnx.Dropout...) at the same positions of the nnx.Sequential")
+            elif _one_level_apart(right, wrong) or _one_level_apart(wrong, right):
+                why["level"] = ("one level apart: an nnx.Sequential is torch's nn.Sequential "
+                                "(its 'layers' level is not in the keys), an nnx.List named "
+                                "'layers' is not; or map the keys with rename=")
+            else:
+                continue
+            missing.remove(right)
+            pairs.append(f"{wrong!r} -> {right!r}")
+            break
+    if not pairs:
+        return ""
+    shown = ", ".join(pairs[:4]) + (", ..." if len(pairs) > 4 else "")
+    return f"near misses (state_dict key -> model key): {shown} ({'; '.join(why.values())})"
+
+
 def _described(model: nnx.Module) -> str:
     if isinstance(model, RecurrentBase):
         return describe(model.structure)
-    if isinstance(model, (CellBase, BatchNorm)):
+    if isinstance(model, (CellBase, BatchNorm, Embedding)):
         return repr(model)
     return f"the {type(model).__name__} model"
 
@@ -260,9 +368,10 @@ def load_torch_state_dict(module: nnx.Module, state_dict: Mapping[str, Any], *,
 
     Args:
       module: a jaxseq layer (:class:`jaxseq.LSTM` / ``GRU`` / ``RNN``), cell
-        (:class:`jaxseq.LSTMCell` / ...) or :class:`jaxseq.BatchNorm`, or any NNX model built from
-        them, ``nnx.Linear``, ``nnx.Conv``, ``nnx.Embed``, ``nnx.LayerNorm``, ``nnx.GroupNorm``,
-        ``nnx.BatchNorm`` and custom modules (keys as in the module docs).
+        (:class:`jaxseq.LSTMCell` / ...), :class:`jaxseq.BatchNorm` or :class:`jaxseq.Embedding`,
+        or any NNX model built from them, ``nnx.Linear``, ``nnx.Conv``, ``nnx.Embed``,
+        ``nnx.LayerNorm``, ``nnx.GroupNorm``, ``nnx.BatchNorm``, ``nnx.Sequential`` (torch's
+        ``nn.Sequential`` keys) and custom modules (keys as in the module docs).
       state_dict: ``{torch key: tensor or array}``, e.g. ``torch_model.state_dict()``.
       prefix: read only keys starting with ``prefix`` (e.g. ``"encoder.lstm."`` for a submodule of a
         larger torch model), with the prefix stripped; other keys are ignored.
@@ -271,8 +380,9 @@ def load_torch_state_dict(module: nnx.Module, state_dict: Mapping[str, Any], *,
         ``{r"^decoder\\.weight$": None}`` for a decoder tied to the embedding.
 
     Raises:
-      ValueError: keys on either side without a counterpart (all of them listed, with shapes), or a
-        shape mismatch (naming the key and both shapes, in torch's layout).
+      ValueError: keys on either side without a counterpart (all of them listed, with shapes, and
+        the pairs that differ only in list indices or by one level named together), or a shape
+        mismatch (naming the key and both shapes, in torch's layout).
       TypeError: ``state_dict`` is not a mapping, a value's dtype does not fit its variable
         (an integer tensor for a parameter or a floating buffer, a floating one for a counter), or
         a Flax layer of the model has no torch mapping.
@@ -308,7 +418,8 @@ def load_torch_state_dict(module: nnx.Module, state_dict: Mapping[str, Any], *,
             _check_kind(prefix + key, array, found.slots[key].variable)
     what = f"state_dict{f' (prefix {prefix!r})' if prefix else ''}"
     check_shapes({k: s.torch_shape for k, s in found.slots.items()},
-                 {k: a.shape for k, a in arrays.items()}, what, _described(module))
+                 {k: a.shape for k, a in arrays.items()}, what, _described(module),
+                 _near_misses(found.slots, arrays))
     for key, slot in found.slots.items():
         slot.variable[...] = jnp.asarray(slot.layout.from_torch(arrays[key]),
                                          dtype=slot.variable.dtype)
@@ -372,7 +483,8 @@ def torch_state_dict(module_or_state: Union[nnx.Module, nnx.State], *,
         ``var``) is renamed and re-laid-out as that layer's (``kernel`` transposed to torch's
         ``weight``), every other leaf keeps its name. That is exact for models of jaxseq layers,
         Flax layers and custom modules whose own variables have other names; give ``like`` when a
-        custom module's own variable is called ``kernel``, ``scale``...
+        custom module's own variable is called ``kernel``, ``scale``..., and for an
+        ``nnx.Sequential`` (without ``like`` its ``layers`` level stays: ``layers.0.weight``).
 
     Returns:
       Writable copies (``torch.from_numpy`` accepts them without a warning, and writing to them

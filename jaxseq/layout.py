@@ -110,11 +110,12 @@ def check_param_shapes(s: Structure, shapes: Mapping[str, tuple[int, ...]],
 
 
 def check_shapes(expected: Mapping[str, tuple[int, ...]], shapes: Mapping[str, tuple[int, ...]],
-                 what: str, described: str) -> None:
+                 what: str, described: str, hint: str = "") -> None:
     """Raise ``ValueError`` naming every unknown, missing or mis-shaped key (with both shapes).
 
     ``what`` (a singular noun: ``"state_dict"``) and ``described`` (``"LSTM(3, 4)"``) make the
-    message: ``state_dict does not match LSTM(3, 4): missing keys ...``.
+    message: ``state_dict does not match LSTM(3, 4): missing keys ...``; a ``hint`` about the
+    unmatched keys ends it.
     """
     problems = []
     missing = [k for k in expected if k not in shapes]
@@ -129,7 +130,8 @@ def check_shapes(expected: Mapping[str, tuple[int, ...]], shapes: Mapping[str, t
         if k in shapes and tuple(shapes[k]) != want:
             problems.append(f"{k!r}: expected shape {want}, got {tuple(shapes[k])}")
     if problems:
-        raise ValueError(f"{what} does not match {described}: " + "; ".join(problems))
+        raise ValueError(f"{what} does not match {described}: " + "; ".join(problems)
+                         + (f"; {hint}" if hint and (missing or unknown) else ""))
 
 
 def describe(s: Structure) -> str:

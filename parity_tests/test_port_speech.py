@@ -17,6 +17,7 @@ import pytest
 import torch
 from flax import nnx
 
+import jaxseq
 from examples import port_speech
 from torch_ref import speech as torch_speech
 
@@ -83,10 +84,10 @@ def test_output_lengths_follow_every_conv(index):
     lengths = np.arange(1, 30)
     sizes = [torch_conv(torch.zeros(1, torch_conv.in_channels, 16, n)).shape[-1] for n in lengths]
     assert torch_speech.conv_output_lengths(torch.tensor(lengths), torch_conv).tolist() == sizes
-    assert port_speech.conv_output_lengths(jnp.asarray(lengths), jax_conv).tolist() == sizes
+    assert jaxseq.nnx_conv_output_lengths(jnp.asarray(lengths), jax_conv).tolist() == sizes
     x = jnp.zeros((1, 16, 11, jax_conv.in_features))                    # [B, F, T, C]
     freq = int(torch_speech.conv_output_lengths(torch.tensor(16), torch_conv, torch_speech.FREQ))
-    assert port_speech.conv_output_lengths(16, jax_conv, axis=0) == freq
+    assert jaxseq.nnx_conv_output_lengths(16, jax_conv, axis=0) == freq
     assert jax_conv(x).shape[1:3] == (freq, sizes[10])
 
 
