@@ -452,7 +452,7 @@ class JaxReplay(Instrument, hooks.Observer):
     def __init__(self, draws: Sequence[Draw], keeps: Sequence[np.ndarray], calls: JaxCalls):
         self.torch_draws = list(draws)
         self.key = ("replay", tuple(self.torch_draws))
-        self.inputs = tuple(jnp.asarray(k) for k in keeps)
+        self.inputs = tuple(jax.device_put(k) for k in keeps)
         self.calls = calls
         self.sources: list[_Source] = []
         self.log: list[Draw] = []
