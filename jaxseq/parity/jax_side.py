@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import inspect
 import types
 from collections.abc import Callable, Hashable, Mapping, Sequence
 from contextlib import AbstractContextManager
@@ -229,7 +230,7 @@ class _Loss:
 
     def __call__(self, params: Any, diff: Any, rest: Any, others: Any, inputs: Any
                  ) -> tuple[Any, Any]:
-        model = nnx.merge(self.graphdef, params, rest, copy=True)   # variables of this trace
+        model = _merge_fresh(self.graphdef, params, rest)
         with contextlib.ExitStack() as stack:
             for instrument, x in zip(self.instruments, inputs):
                 stack.enter_context(instrument.tracing(model, x))
@@ -244,6 +245,14 @@ class _Loss:
         (loss, (outputs, new_rest, observed)), (g_params, g_diff) = jax.value_and_grad(
             self, argnums=(0, 1), has_aux=True)(params, diff, rest, others, inputs)
         return loss, outputs, g_params, g_diff, new_rest, observed
+
+
+def _merge_fresh(graphdef: Any, *states: Any) -> Any:
+    """``nnx.merge`` with new variables, created in the current trace (Flax >= 0.12 reuses the
+    State's variables unless asked to copy; older versions always create them)."""
+    if "copy" in inspect.signature(nnx.merge).parameters:
+        return nnx.merge(graphdef, *states, copy=True)
+    return nnx.merge(graphdef, *states)
 
 
 def _passed(leaf: Leaf) -> bool:

@@ -472,7 +472,8 @@ class JaxReplay(Instrument, hooks.Observer):
             if source.trace is not None and source.trace != _trace_state():
                 raise ValueError(
                     f"dropout replay: {draw.describe()} is drawn inside a JAX transformation "
-                    "that is not a jaxseq decoding loop (a lax.scan, nnx.scan, vmap, remat...), "
+                    "that is not a jaxseq decoding loop (a lax.scan, nnx.scan, vmap, remat, an inner "
+                    "jit...), "
                     "where it cannot get one mask per iteration. Run the loop with "
                     "jaxseq.teacher_forcing(step, carry, xs, batch_first=False), which is "
                     "lax.scan(step, carry, xs) with the hooks replay needs")
