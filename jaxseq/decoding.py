@@ -9,8 +9,12 @@ outputs... Beam search reorders it with :func:`reorder_state`, which needs to kn
 batch axis: ``batch_axis`` is an int for every leaf or a pytree prefix of the carry (as
 ``jax.vmap``'s ``in_axes``), e.g. ``(0, 1)`` for ``(cell_state, layer_state)``.
 
-NNX modules can be called inside these functions (closures that read parameters are fine under
-``nnx.jit`` / ``jax.jit``); see ``examples/seq2seq.py``.
+NNX modules can be called inside these functions: a step that only reads their parameters may
+reach them through a closure (see ``examples/seq2seq.py``); a step whose modules draw from their
+own RNG streams (an ``nnx.Dropout`` in training mode) or update other state is passed as the
+module itself, as a bound method (``model.decoder_step``), or as ``step(modules, carry, x)`` with
+``modules=``: that state is carried from step to step and the results equal an unrolled Python
+loop's (:mod:`jaxseq.loop`).
 """
 from __future__ import annotations
 
@@ -21,6 +25,7 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
+from jaxseq.loop import eval_step, scan_steps
 from jaxseq.validation import check_lengths, check_size
 
 Step = Callable[[Any, jax.Array], tuple[jax.Array, Any]]
@@ -86,8 +91,8 @@ def dot_attention(query: jax.Array, keys: jax.Array, values: jax.Array, lengths:
     return (context[:, 0], weights[:, 0]) if single else (context, weights)
 
 
-def teacher_forcing(step: Callable[[Any, Any], tuple[Any, Any]], carry: Any, inputs: Any, *,
-                    batch_first: bool = True) -> tuple[Any, Any]:
+def teacher_forcing(step: Callable, carry: Any, inputs: Any, *, batch_first: bool = True,
+                    modules: Any = None) -> tuple[Any, Any]:
     """Run ``step(carry, x_t) -> (carry, y_t)`` over the time axis of ``inputs`` (a ``lax.scan``).
 
     The decoder loop of a teacher-forced training step: ``inputs`` holds the gold previous tokens
@@ -95,13 +100,31 @@ def teacher_forcing(step: Callable[[Any, Any], tuple[Any, Any]], carry: Any, inp
     pytree of such arrays). Returns ``(final carry, outputs)`` with the outputs stacked in the same
     layout. Steps past a sequence's end run too: mask them in the loss.
 
+    ``step`` may be a function, an ``nnx.Module`` or a bound method of one; with ``modules=`` it
+    is called as ``step(modules, carry, x_t)``. In the last three forms the modules' RNG streams
+    and other non-parameter state are carried from step to step (:mod:`jaxseq.loop`): an
+    ``nnx.Dropout`` in the step draws a fresh mask at every step, as in a Python loop.
+    ``teacher_forcing(step, carry, xs, batch_first=False)`` is ``lax.scan(step, carry, xs)`` with
+    that, and with the hooks of :mod:`jaxseq.hooks` (``compare_models`` sees into the loop).
+
+    Raises:
+      ValueError: the step changes module state it reaches through a closure (pass the module),
+        assigns a parameter, or changes its modules' structure.
+
     >>> step = lambda h, x: (h + x, 2 * h)
     >>> carry, ys = teacher_forcing(step, jnp.zeros(2), jnp.ones((2, 3)))
     >>> carry.tolist(), ys.tolist()
     ([3.0, 3.0], [[0.0, 2.0, 4.0], [0.0, 2.0, 4.0]])
+    >>> from flax import nnx
+    >>> drop = nnx.Dropout(0.5, rngs=nnx.Rngs(0))                  # draws from its own stream
+    >>> cell = lambda d, h, x: (h + d(x), h)
+    >>> h, _ = teacher_forcing(cell, jnp.zeros(4), jnp.ones((4, 3)), modules=drop)
+    >>> set(h.tolist()) <= {0.0, 2.0, 4.0, 6.0}                  # 3 steps, each adds 0 or 2
+    True
     """
     swap = (lambda a: jnp.swapaxes(a, 0, 1)) if batch_first else (lambda a: a)
-    carry, ys = lax.scan(step, carry, jax.tree.map(swap, inputs))
+    carry, ys = scan_steps(None, step, carry,
+                           jax.tree.map(swap, inputs), modules=modules, who="teacher_forcing")
     return carry, jax.tree.map(swap, ys)
 
 
@@ -131,16 +154,20 @@ def _repeat_state(state: Any, times: int, batch_axis: Any) -> Any:
 
 
 def greedy_decode(step: Step, carry: Any, start_tokens: jax.Array, max_len: int, *,
-                  eos_id: Optional[int] = None, pad_id: int = 0) -> tuple[jax.Array, jax.Array]:
+                  eos_id: Optional[int] = None, pad_id: int = 0,
+                  modules: Any = None) -> tuple[jax.Array, jax.Array]:
     """Greedy search: feed back the argmax token for ``max_len`` steps (one ``lax.scan``).
 
     Args:
-      step: ``step(carry, tokens [B]) -> (logits [B, V], carry)``.
+      step: ``step(carry, tokens [B]) -> (logits [B, V], carry)``: a function, an
+        ``nnx.Module`` or a bound method; with ``modules``, ``step(modules, carry, tokens)``
+        (module state carried from step to step as in :func:`teacher_forcing`).
       carry: the decoder's initial state (any pytree).
       start_tokens: integer ``[B]``, the first input (e.g. ``BOS``).
       max_len: static number of steps.
       eos_id: optional end token: a row that produced it emits ``pad_id`` afterwards.
       pad_id: token after the end.
+      modules: the modules a ``step(modules, carry, tokens)`` runs on.
 
     Returns:
       ``(tokens [B, max_len], lengths [B])``: the produced tokens (``eos_id`` included) and how
@@ -153,9 +180,9 @@ def greedy_decode(step: Step, carry: Any, start_tokens: jax.Array, max_len: int,
     """
     max_len = check_size(max_len, "max_len")
 
-    def body(state, _):
+    def body(call, state, _):
         carry, tokens, done = state
-        logits, carry = step(carry, tokens)
+        logits, carry = call(carry, tokens)
         nxt = jnp.argmax(logits, axis=-1).astype(tokens.dtype)
         out = jnp.where(done, jnp.asarray(pad_id, tokens.dtype), nxt)
         now_done = done | (nxt == eos_id) if eos_id is not None else done
@@ -163,7 +190,8 @@ def greedy_decode(step: Step, carry: Any, start_tokens: jax.Array, max_len: int,
 
     start_tokens = jnp.asarray(start_tokens)
     done0 = jnp.zeros(start_tokens.shape, bool)
-    _, (tokens, real) = lax.scan(body, (carry, start_tokens, done0), None, length=max_len)
+    _, (tokens, real) = scan_steps(body, step, (carry, start_tokens, done0), None, length=max_len,
+                                   modules=modules, who="greedy_decode")
     return tokens.T, jnp.sum(real, axis=0, dtype=jnp.int32)
 
 
@@ -177,7 +205,7 @@ class Beams(NamedTuple):
 
 def beam_search(step: Step, carry: Any, start_tokens: jax.Array, beam_size: int, max_len: int, *,
                 eos_id: int, pad_id: int = 0, length_penalty: float = 0.0,
-                batch_axis: Any = 0) -> Beams:
+                batch_axis: Any = 0, modules: Any = None) -> Beams:
     """Beam search under ``jit``: ``beam_size`` hypotheses per row, ``max_len`` steps.
 
     Every row is expanded to ``K = beam_size`` beams (the carry repeated along its batch axis, so
@@ -189,7 +217,8 @@ def beam_search(step: Step, carry: Any, start_tokens: jax.Array, beam_size: int,
 
     Args:
       step: ``step(carry, tokens [B*K]) -> (logits [B*K, V], carry)`` (logits are normalised here
-        with ``log_softmax``).
+        with ``log_softmax``): a function, an ``nnx.Module`` or a bound method; with ``modules``,
+        ``step(modules, carry, tokens)`` (module state carried as in :func:`teacher_forcing`).
       carry: the decoder's initial state for ``B`` rows (any pytree).
       start_tokens: integer ``[B]``.
       beam_size: ``K >= 1`` (1 is greedy search).
@@ -199,6 +228,7 @@ def beam_search(step: Step, carry: Any, start_tokens: jax.Array, beam_size: int,
       length_penalty: ``alpha`` of the ranking (GNMT-style normalisation; 0 for none).
       batch_axis: batch axis of each carry leaf (an int or a pytree prefix), see
         :func:`reorder_state`.
+      modules: the modules a ``step(modules, carry, tokens)`` runs on.
 
     Returns:
       :class:`Beams` sorted best first.
@@ -214,12 +244,13 @@ def beam_search(step: Step, carry: Any, start_tokens: jax.Array, beam_size: int,
     B = start_tokens.shape[0]
     carry = _repeat_state(carry, K, batch_axis)
     tokens0 = jnp.repeat(start_tokens, K)
-    dtype = jnp.promote_types(jax.eval_shape(step, carry, tokens0)[0].dtype, jnp.float32)
+    logits_shape = eval_step(step, carry, tokens0, modules=modules, who="beam_search")[0]
+    dtype = jnp.promote_types(logits_shape.dtype, jnp.float32)
     neg = -jnp.inf
 
-    def body(state, t):
+    def body(call, state, t):
         carry, tokens, scores, done, history, lengths = state
-        logits, carry = step(carry, tokens)
+        logits, carry = call(carry, tokens)
         logp = jax.nn.log_softmax(logits.astype(dtype), axis=-1)         # [B*K, V]
         V = logp.shape[-1]
         logp = logp.reshape(B, K, V)
@@ -240,7 +271,8 @@ def beam_search(step: Step, carry: Any, start_tokens: jax.Array, beam_size: int,
     scores0 = jnp.tile(jnp.asarray([0.0] + [neg] * (K - 1), dtype), (B, 1))   # one live beam first
     state = (carry, tokens0, scores0, jnp.zeros((B, K), bool),
              jnp.full((B, K, max_len), pad_id, start_tokens.dtype), jnp.zeros((B, K), jnp.int32))
-    (_, _, scores, _, history, lengths), _ = lax.scan(body, state, jnp.arange(max_len))
+    (_, _, scores, _, history, lengths), _ = scan_steps(body, step, state, jnp.arange(max_len),
+                                                        modules=modules, who="beam_search")
     ranked = scores / jnp.maximum(lengths, 1).astype(scores.dtype) ** length_penalty
     order = jnp.argsort(-ranked, axis=1)
     take = lambda a: jnp.take_along_axis(a, order.reshape(order.shape + (1,) * (a.ndim - 2)), 1)  # noqa

@@ -9,6 +9,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 import torch
+from flax import nnx
 
 import jaxseq
 from torch_ref.seq2seq import masked_dot_attention
@@ -193,3 +194,99 @@ def test_teacher_forcing_matches_a_python_loop():
     _, ys_tm = jaxseq.teacher_forcing(step, jnp.zeros((2, 3)), jnp.swapaxes(xs, 0, 1),
                                       batch_first=False)
     np.testing.assert_allclose(jnp.swapaxes(ys_tm, 0, 1), ys, rtol=1e-12)
+
+
+# -- steps whose NNX modules draw from their own RNG streams (state carried through the scan) ----
+class _DropoutCell(nnx.Module):
+    """``h' = tanh(W h + dropout(x))``: an ``nnx.Dropout`` drawing from its own stream each step."""
+
+    def __init__(self, rngs: nnx.Rngs):
+        self.lin = nnx.Linear(3, 3, rngs=rngs)
+        self.drop = nnx.Dropout(0.5, rngs=rngs)
+
+    def __call__(self, h, x):
+        h = jnp.tanh(self.lin(h) + self.drop(x))
+        return h, h
+
+    def step(self, h, x):                       # a bound method as the step
+        return self(h, x)
+
+    def logits_step(self, h, tokens):           # for greedy / beam search: (logits, carry)
+        h, _ = self(h, jax.nn.one_hot(tokens, 3))
+        return h, h
+
+
+def _python_loop(cell, h, xs):
+    ys = []
+    for t in range(xs.shape[1]):
+        h, y = cell(h, xs[:, t])
+        ys.append(y)
+    return h, jnp.stack(ys, 1)
+
+
+def _cell():
+    cell = _DropoutCell(nnx.Rngs(0))
+    cell.train()
+    return cell
+
+
+def test_teacher_forcing_carries_the_dropout_stream_like_a_python_loop():
+    """Every form draws one fresh mask per step from the module's own stream, exactly as an
+    unrolled Python loop does, eagerly and under ``nnx.jit``; the stream ends where the loop's
+    does."""
+    xs = jnp.asarray(np.random.default_rng(0).standard_normal((2, 5, 3)))
+    h0 = jnp.zeros((2, 3))
+    reference = _cell()
+    want_h, want_ys = _python_loop(reference, h0, xs)
+    forms = [lambda c: jaxseq.teacher_forcing(c, h0, xs),                # the module
+             lambda c: jaxseq.teacher_forcing(c.step, h0, xs),           # a bound method
+             lambda c: jaxseq.teacher_forcing(lambda m, h, x: m["cell"](h, x), h0, xs,
+                                              modules={"cell": c})]      # step(modules, ...)
+    for run in [*forms, nnx.jit(forms[0])]:
+        cell = _cell()
+        h, ys = run(cell)
+        np.testing.assert_array_equal(ys, want_ys)
+        np.testing.assert_array_equal(h, want_h)
+        assert int(cell.drop.rngs.count[...]) == int(reference.drop.rngs.count[...]) == 5
+    assert len({tuple(np.asarray(want_ys[0, t] == 0).tolist()) for t in range(5)}) > 1  # masks vary
+
+
+def test_greedy_and_beam_search_carry_the_stream():
+    start = jnp.array([0, 1])
+    reference = _cell()
+    h, tokens, want = jnp.zeros((2, 3)), start, []
+    for _ in range(4):                                          # greedy, unrolled
+        logits, h = reference.logits_step(h, tokens)
+        tokens = jnp.argmax(logits, -1).astype(tokens.dtype)
+        want.append(tokens)
+    cell = _cell()
+    got, _ = jaxseq.greedy_decode(cell.logits_step, jnp.zeros((2, 3)), start, 4)
+    np.testing.assert_array_equal(got, jnp.stack(want, 1))
+    assert int(cell.drop.rngs.count[...]) == 4
+    cell = _cell()
+    beams = jaxseq.beam_search(cell.logits_step, jnp.zeros((2, 3)), start, 2, 4, eos_id=2)
+    assert beams.tokens.shape == (2, 2, 4) and int(cell.drop.rngs.count[...]) == 4
+
+
+def test_a_closure_that_changes_module_state_is_refused_with_the_fix():
+    cell = _cell()
+    with pytest.raises(ValueError, match=r"teacher_forcing: the step changes the state of an NNX "
+                                         r"module it reaches through a closure.*modules=module"):
+        jaxseq.teacher_forcing(lambda h, x: cell(h, x), jnp.zeros((2, 3)), jnp.ones((2, 4, 3)))
+    cell.eval()                                 # reading parameters through a closure is fine
+    h, _ = jaxseq.teacher_forcing(lambda h, x: cell(h, x), jnp.zeros((2, 3)), jnp.ones((2, 4, 3)))
+    assert h.shape == (2, 3)
+
+    def assigns(m, h, x):
+        m.lin.bias[...] = m.lin.bias[...] + 1.0
+        return m(h, x)
+
+    with pytest.raises(ValueError, match=r"assigns an nnx\.Param"):
+        jaxseq.teacher_forcing(assigns, jnp.zeros((2, 3)), jnp.ones((2, 4, 3)), modules=cell)
+
+    def grows(m, h, x):
+        m.extra = nnx.BatchStat(h)
+        return m(h, x)
+
+    with pytest.raises(ValueError, match="changed the structure of its modules"):
+        jaxseq.teacher_forcing(grows, jnp.zeros((2, 3)), jnp.ones((2, 4, 3)), modules=cell)
