@@ -24,7 +24,8 @@ features stay last everywhere else):
   packed ``nn.LSTM(bidirectional=True)`` -> :class:`jaxseq.LSTM` with ``lengths``;
 * ``nn.LSTMCell`` -> :class:`jaxseq.LSTMCell`; the Python loop over decoder steps, whose state
   torch keeps in module attributes, -> a carry through :func:`jaxseq.teacher_forcing` (a
-  ``lax.scan``); ``masked_fill(mask, -inf).softmax()`` -> :func:`jaxseq.attention_weights`;
+  ``lax.scan``; given the decoder as ``modules=``, so that its dropouts draw a fresh mask at every
+  step); ``masked_fill(mask, -inf).softmax()`` -> :func:`jaxseq.attention_weights`;
 * ``nn.Dropout`` / ``F.dropout(x, p, self.training)`` -> ``nnx.Dropout`` modules, each drawing
   from its own RNG stream (inside the decoder loop too); the prenet's ``F.dropout(...,
   training=True)``, on in evaluation as well, -> ``nnx.Dropout(...)(x, deterministic=False)``;
@@ -228,10 +229,10 @@ class Decoder(nnx.Module):
         go = jnp.zeros_like(decoder_inputs[:, :1])
         inputs = jnp.concatenate([go, decoder_inputs[:, :-1]], axis=1)      # [B, T, n_mel]
 
-        def step(state: DecoderState, frame: jax.Array):
-            return self.decode(state, frame, memory, processed_memory, memory_lengths)
+        def step(decoder: Decoder, state: DecoderState, frame: jax.Array):
+            return decoder.decode(state, frame, memory, processed_memory, memory_lengths)
 
-        _, (frames, gates, alignments) = jaxseq.teacher_forcing(step, state, inputs)
+        _, (frames, gates, alignments) = jaxseq.teacher_forcing(step, state, inputs, modules=self)
         return frames, gates, alignments
 
 
@@ -271,9 +272,10 @@ class Tacotron(nnx.Module):
 
     def __call__(self, text: jax.Array, text_lengths: jax.Array, mels: jax.Array,
                  mel_lengths: jax.Array) -> tuple[jax.Array, jax.Array, jax.Array, jax.Array]:
-        memory = self.encoder(self.embedding(text), text_lengths)
-        frames, gates, alignments = self.decoder(memory, mels, text_lengths)
         valid = jaxseq.length_mask(mel_lengths, mels.shape[1])
+        memory = self.encoder(self.embedding(text), text_lengths)
+        frames, gates, alignments = self.decoder(memory, jnp.where(valid[..., None], mels, 0.0),
+                                                 text_lengths)
         frames = jnp.where(valid[..., None], frames, 0.0)
         return frames, frames + self.postnet(frames, valid), gates, alignments
 
@@ -284,6 +286,7 @@ def tacotron_loss(outputs: tuple[jax.Array, ...], mels: jax.Array, stop: jax.Arr
     twin of :func:`torch_ref.tts.tacotron_loss`)."""
     frames, postnet_frames, gates, _ = outputs
     valid = jaxseq.length_mask(mel_lengths, mels.shape[1])
+    stop = jnp.where(valid, stop, 0.0)                      # padding (NaN too) reaches no gradient
     stop_loss = jnp.mean(optax.sigmoid_binary_cross_entropy(gates, stop), where=valid)
     return (jaxseq.masked_mse(frames, mels, valid[..., None])
             + jaxseq.masked_mse(postnet_frames, mels, valid[..., None]) + stop_loss)

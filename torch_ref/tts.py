@@ -36,6 +36,10 @@ Bugs avoided (each one is in real Tacotron code):
   postnet convolves the decoder's frames past each target's end (the decoder runs to the longest
   target) and only then masks the output, in place through ``.data`` (which autograd does not
   see); here the frames past the end are zeroed before the postnet and the output is 0 there.
+* **teacher forcing past the end.** The decoder runs to the longest target of the batch, reading
+  the padded target frames as inputs: they are zeroed first, so what the padding holds (NaN
+  included) reaches no output and no gradient (the steps past a target's end are masked in the
+  loss, but ``0 * NaN`` in their backward pass is not 0).
 * **``pad_packed_sequence`` without ``total_length``.** It cuts the memory to the longest text of
   the batch; here it keeps ``S``, so the attention mask, the memory and the text ids line up.
 * **sorted batches.** ``pack_padded_sequence(enforce_sorted=False)``: any batch order (NVIDIA's
@@ -305,9 +309,10 @@ class Tacotron(nn.Module):
     def forward(self, text: torch.Tensor, text_lengths: torch.Tensor, mels: torch.Tensor,
                 mel_lengths: torch.Tensor
                 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-        memory = self.encoder(self.embedding(text), text_lengths)
-        frames, gates, alignments = self.decoder(memory, mels, text_lengths)
         valid = length_mask(mel_lengths.cpu(), mels.shape[1], batch_first=True).to(mels.device)
+        memory = self.encoder(self.embedding(text), text_lengths)
+        frames, gates, alignments = self.decoder(memory, mels.masked_fill(~valid[..., None], 0.0),
+                                                 text_lengths)
         frames = frames.masked_fill(~valid[..., None], 0.0)
         return frames, frames + self.postnet(frames, valid), gates, alignments
 
