@@ -2,7 +2,7 @@
 decoder loop of LSTM cells, a postnet) from torch to JAX, prove it equal, and train it.
 
     python examples/port_tts.py --quick     # a tiny model, a few training steps
-    python examples/port_tts.py             # 300 Adam steps
+    python examples/port_tts.py             # 500 Adam steps
 
 1. builds :class:`torch_ref.tts.Tacotron` (NVIDIA Tacotron 2's structure at a toy size) and its NNX
    twin :class:`Tacotron` here, submodules named as torch's, and loads the torch ``state_dict``
@@ -31,7 +31,8 @@ features stay last everywhere else):
   training=True)``, on in evaluation as well, -> ``nnx.Dropout(...)(x, deterministic=False)``;
 * ``F.mse_loss(pred[valid], target[valid])`` -> :func:`jaxseq.masked_mse`;
   ``F.binary_cross_entropy_with_logits`` over the valid frames ->
-  ``optax.sigmoid_binary_cross_entropy`` averaged with ``jnp.mean(..., where=valid)``.
+  ``optax.sigmoid_binary_cross_entropy`` averaged with ``jnp.mean(..., where=valid)``; the guided
+  attention loss's ``(alignments * weight)[valid].mean()`` -> ``jnp.mean(..., where=valid)``.
 """
 from __future__ import annotations
 
@@ -280,16 +281,30 @@ class Tacotron(nnx.Module):
         return frames, frames + self.postnet(frames, valid), gates, alignments
 
 
+def guided_attention_loss(alignments: jax.Array, text_lengths: jax.Array,
+                          mel_lengths: jax.Array, sigma: float = 0.4) -> jax.Array:
+    """The twin of :func:`torch_ref.tts.guided_attention_loss`: the mean over valid (frame,
+    character) pairs of ``alignments [B, T, S]`` weighted by their distance from the diagonal."""
+    _, T, S = alignments.shape
+    valid = (jaxseq.length_mask(mel_lengths, T)[:, :, None]
+             & jaxseq.length_mask(text_lengths, S)[:, None, :])
+    t = jnp.arange(T, dtype=alignments.dtype) / mel_lengths[:, None]            # [B, T]
+    s = jnp.arange(S, dtype=alignments.dtype) / text_lengths[:, None]           # [B, S]
+    weight = 1.0 - jnp.exp(-((t[:, :, None] - s[:, None, :]) ** 2) / (2 * sigma ** 2))
+    return jnp.mean(alignments * weight, where=valid)
+
+
 def tacotron_loss(outputs: tuple[jax.Array, ...], mels: jax.Array, stop: jax.Array,
-                  mel_lengths: jax.Array) -> jax.Array:
-    """Frame MSE before and after the postnet plus stop-token BCE, over the valid frames (the
-    twin of :func:`torch_ref.tts.tacotron_loss`)."""
-    frames, postnet_frames, gates, _ = outputs
+                  mel_lengths: jax.Array, text_lengths: jax.Array) -> jax.Array:
+    """Frame MSE before and after the postnet, stop-token BCE and the guided attention loss, over
+    the valid frames (the twin of :func:`torch_ref.tts.tacotron_loss`)."""
+    frames, postnet_frames, gates, alignments = outputs
     valid = jaxseq.length_mask(mel_lengths, mels.shape[1])
     stop = jnp.where(valid, stop, 0.0)                      # padding (NaN too) reaches no gradient
     stop_loss = jnp.mean(optax.sigmoid_binary_cross_entropy(gates, stop), where=valid)
     return (jaxseq.masked_mse(frames, mels, valid[..., None])
-            + jaxseq.masked_mse(postnet_frames, mels, valid[..., None]) + stop_loss)
+            + jaxseq.masked_mse(postnet_frames, mels, valid[..., None]) + stop_loss
+            + guided_attention_loss(alignments, text_lengths, mel_lengths))
 
 
 # ------------------------------------------------------------------------------------------------
@@ -297,13 +312,15 @@ def tacotron_loss(outputs: tuple[jax.Array, ...], mels: jax.Array, stop: jax.Arr
 # ------------------------------------------------------------------------------------------------
 def torch_loss(model: torch_tts.Tacotron, batch: dict[str, torch.Tensor]):
     outputs = model(batch["text"], batch["text_lengths"], batch["mels"], batch["mel_lengths"])
-    loss = torch_tts.tacotron_loss(outputs, batch["mels"], batch["stop"], batch["mel_lengths"])
+    loss = torch_tts.tacotron_loss(outputs, batch["mels"], batch["stop"], batch["mel_lengths"],
+                                   batch["text_lengths"])
     return loss, dict(zip(OUTPUTS, outputs))
 
 
 def jax_loss(model: Tacotron, batch: dict[str, jax.Array]):
     outputs = model(batch["text"], batch["text_lengths"], batch["mels"], batch["mel_lengths"])
-    loss = tacotron_loss(outputs, batch["mels"], batch["stop"], batch["mel_lengths"])
+    loss = tacotron_loss(outputs, batch["mels"], batch["stop"], batch["mel_lengths"],
+                         batch["text_lengths"])
     return loss, dict(zip(OUTPUTS, outputs))
 
 
@@ -348,8 +365,8 @@ class TTSConfig:
     attention_dim: int = 32
     postnet_dim: int = 32
     batch_size: int = 32
-    steps: int = 300
-    learning_rate: float = 2e-3
+    steps: int = 500
+    learning_rate: float = 5e-3
     clip_norm: float = 1.0
     check_words: int = 4
     seed: int = 0

@@ -21,8 +21,9 @@ norm):
 * **postnet**: ``postnet_n_convolutions`` blocks of ``Conv1d`` -> batch norm -> ``tanh`` (not the
   last) -> ``F.dropout`` (training only), added to the decoder's frames (a residual).
 
-Losses (:func:`tacotron_loss`): mean squared error of the frames before and after the postnet and
-binary cross entropy of the stop logits, each over the valid frames only.
+Losses (:func:`tacotron_loss`): mean squared error of the frames before and after the postnet,
+binary cross entropy of the stop logits, and ESPnet's guided attention loss
+(:func:`guided_attention_loss`), each over the valid frames (and characters) only.
 
 Bugs avoided (each one is in real Tacotron code):
 
@@ -317,16 +318,35 @@ class Tacotron(nn.Module):
         return frames, frames + self.postnet(frames, valid), gates, alignments
 
 
+def guided_attention_loss(alignments: torch.Tensor, text_lengths: torch.Tensor,
+                          mel_lengths: torch.Tensor, sigma: float = 0.4) -> torch.Tensor:
+    """Guided attention (Tachibana et al., 2017; ESPnet's ``GuidedAttentionLoss``): the mean over
+    valid (frame, character) pairs of ``alignments * (1 - exp(-(t / T_b - s / S_b)^2 / (2
+    sigma^2)))``, which pushes the attention of frame ``t`` of ``T_b`` towards character
+    ``s ~ t S_b / T_b`` (a diagonal), so that a small model learns to read its text in a few hundred
+    steps. ``alignments [B, T, S]``."""
+    _, T, S = alignments.shape
+    frames = length_mask(mel_lengths.cpu(), T, batch_first=True).to(alignments.device)
+    chars = length_mask(text_lengths.cpu(), S, batch_first=True).to(alignments.device)
+    steps = lambda n: torch.arange(n, dtype=alignments.dtype, device=alignments.device)  # noqa: E731
+    t = steps(T) / mel_lengths[:, None]                                             # [B, T]
+    s = steps(S) / text_lengths[:, None]                                            # [B, S]
+    weight = 1.0 - torch.exp(-((t[:, :, None] - s[:, None, :]) ** 2) / (2 * sigma ** 2))
+    valid = frames[:, :, None] & chars[:, None, :]
+    return (alignments * weight)[valid].mean()
+
+
 def tacotron_loss(outputs: tuple[torch.Tensor, ...], mels: torch.Tensor, stop: torch.Tensor,
-                  mel_lengths: torch.Tensor) -> torch.Tensor:
-    """Frame MSE before and after the postnet plus stop-token BCE, over the valid frames.
+                  mel_lengths: torch.Tensor, text_lengths: torch.Tensor) -> torch.Tensor:
+    """Frame MSE before and after the postnet, stop-token BCE and :func:`guided_attention_loss`,
+    each over the valid frames.
 
     ``outputs`` as :meth:`Tacotron.forward` returns them; ``mels [B, T, n_mel]``, ``stop [B, T]``
-    (1.0 at each target's last frame), ``mel_lengths [B]``.
+    (1.0 at each target's last frame), ``mel_lengths [B]``, ``text_lengths [B]``.
     """
-    frames, postnet_frames, gates, _ = outputs
+    frames, postnet_frames, gates, alignments = outputs
     valid = length_mask(mel_lengths.cpu(), mels.shape[1], batch_first=True).to(mels.device)
     target = mels[valid]
     return (F.mse_loss(frames[valid], target) + F.mse_loss(postnet_frames[valid], target)
-            + F.binary_cross_entropy_with_logits(gates[valid], stop[valid]))
-
+            + F.binary_cross_entropy_with_logits(gates[valid], stop[valid])
+            + guided_attention_loss(alignments, text_lengths, mel_lengths))
