@@ -15,7 +15,9 @@
    evaluation mode (running statistics) and in training mode (batch statistics, and the updated
    running statistics compared as buffers), in float64 and float32: the CTC loss
    (:func:`jaxseq.ctc_loss` against ``F.ctc_loss``), the log-probabilities, the output
-   lengths and the gradient of every torch parameter by name. Prints the four tables.
+   lengths, the gradient of the spectrogram and of every torch parameter by name. The lengths
+   come from float32 ``percentages`` (as deepspeech.pytorch's ``input_percentages``), which
+   ``keep_dtype`` keeps in float32. Prints the four tables.
 
 Layouts: torch convolutions take ``[B, C, F, T]`` and their kernels are ``[out, in, kF, kT]``;
 ``nnx.Conv`` takes ``[B, F, T, C]`` (channels last) with kernels ``[kF, kT, in, out]``: the loader
@@ -54,6 +56,11 @@ from torch_ref import speech as torch_speech
 #: gradients of 5e-3 to 3e-1); ``atol`` sits above that noise, and the real gradients' errors
 #: (float32: 1e-9 to 3e-7) stay within ``rtol`` of their scale on their own.
 TOLERANCE = {"float64": {"rtol": 1e-10, "atol": 1e-14}, "float32": {"rtol": 1e-4, "atol": 1e-6}}
+
+
+#: Batch entries ``compare_models`` gives both sides in their own dtype: the float32 percentages
+#: (cast to float64, ``int(percentages * T)`` loses a frame for some lengths).
+KEEP_DTYPE = ("percentages",)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -96,7 +103,9 @@ def synthetic_batch(rng: np.random.Generator, cfg: SpeechConfig) -> dict[str, np
 
     Returns:
       ``{"spect": float32 [B, F, T] (NaN at padding), "lengths": int64 [B] (unsorted, one of them
-      T), "targets": int64 [B, S] (0 after each target), "target_lengths": int64 [B]}``.
+      T), "percentages": float32 [B] (``lengths / T``, what deepspeech.pytorch's data loader
+      gives and the losses read: ``int(percentages * T)`` is ``lengths`` in float32, not always
+      in float64), "targets": int64 [B, S] (0 after each target), "target_lengths": int64 [B]}``.
     """
     B, T, Fq = cfg.batch_size, cfg.max_frames, cfg.n_freq
     envelopes = _envelopes(Fq, cfg.num_classes)
@@ -118,7 +127,8 @@ def synthetic_batch(rng: np.random.Generator, cfg: SpeechConfig) -> dict[str, np
     targets = np.zeros((B, target_lengths.max()), np.int64)
     for b, seq in enumerate(labels):
         targets[b, :len(seq)] = seq
-    return {"spect": spect, "lengths": lengths.astype(np.int64), "targets": targets,
+    return {"spect": spect, "lengths": lengths.astype(np.int64),
+            "percentages": (lengths / T).astype(np.float32), "targets": targets,
             "target_lengths": target_lengths.astype(np.int64)}
 
 
@@ -217,13 +227,15 @@ class SpeechModel(nnx.Module):
 # The two losses compare_models differentiates (the same batch pytree on both sides)
 # ------------------------------------------------------------------------------------------------
 def torch_loss(model: torch_speech.SpeechModel, batch: dict[str, torch.Tensor]):
-    log_probs, out_lengths = model(batch["spect"][:, None], batch["lengths"])   # [B, 1, F, T]
+    lengths = (batch["percentages"] * batch["spect"].shape[2]).int()    # deepspeech.pytorch's sizes
+    log_probs, out_lengths = model(batch["spect"][:, None], lengths)            # [B, 1, F, T]
     loss = torch_speech.ctc_loss(log_probs, out_lengths, batch["targets"], batch["target_lengths"])
     return loss, {"log_probs": log_probs, "output_lengths": out_lengths}
 
 
 def jax_loss(model: SpeechModel, batch: dict[str, jax.Array]):
-    log_probs, out_lengths = model(batch["spect"][..., None], batch["lengths"])  # [B, F, T, 1]
+    lengths = (batch["percentages"] * batch["spect"].shape[2]).astype(jnp.int32)
+    log_probs, out_lengths = model(batch["spect"][..., None], lengths)           # [B, F, T, 1]
     loss = jaxseq.ctc_loss(log_probs, batch["targets"], out_lengths, batch["target_lengths"],
                     batch_first=True)
     return loss, {"log_probs": log_probs, "output_lengths": out_lengths}
@@ -264,7 +276,7 @@ def check(torch_model: torch_speech.SpeechModel, jax_model: SpeechModel,
                 model.eval()
         for dtype in dtypes:
             report = compare_models(torch_model, jax_model, batch, torch_loss=torch_loss,
-                                    jax_loss=jax_loss, dtype=dtype)
+                                    jax_loss=jax_loss, dtype=dtype, keep_dtype=KEEP_DTYPE)
             reports[mode, dtype] = report
             if verbose:
                 print(f"\n== {mode} mode, {dtype} ==")
@@ -280,8 +292,8 @@ def summary(reports: dict[tuple[str, str], ModelReport]) -> list[str]:
     lines = []
     for (mode, dtype), report in reports.items():
         tol = TOLERANCE[dtype]
-        worst = {kind: report.worst(kind, tol["atol"]) for kind in ("loss", "output", "grad",
-                                                                    "buffer")}
+        worst = {kind: report.worst(kind, tol["atol"]) for kind in ("loss", "output", "input_grad",
+                                                                    "grad", "buffer")}
         ok = not report.failures(**tol)
         lines.append(f"{mode:5s} {dtype}: " + ", ".join(f"{k} {v:.1e}" for k, v in worst.items())
                      + f"  (rtol {tol['rtol']:.0e}, atol {tol['atol']:.0e}: "
@@ -324,7 +336,7 @@ def main(argv: Optional[Sequence[str]] = None) -> dict[tuple[str, str], ModelRep
     dtypes = ("float64", "float32") if args.dtype == "both" else (args.dtype,)
     modes = ("eval", "train") if args.mode == "both" else (args.mode,)
     reports = check(torch_model, jax_model, batch, modes, dtypes)
-    print("\nworst relative error per kind (loss, outputs, gradients, buffers):")
+    print("\nworst relative error per kind (loss, outputs, input gradients, gradients, buffers):")
     for line in summary(reports):
         print("  " + line)
     print(f"total {time.perf_counter() - start:.1f} s")

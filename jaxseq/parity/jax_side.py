@@ -1,0 +1,305 @@
+"""The JAX side of :func:`jaxseq.parity.compare_models`: the port in the compared dtype with the
+torch weights, and one function that returns the loss, the named outputs, the gradient of every
+``nnx.Param`` and of every floating batch leaf, the model state after the call and whatever the
+instruments (per-module capture, dropout replay) collect. Needs JAX and Flax only.
+
+Compilation. With ``jit=True`` that function is lowered and compiled once per *key* and kept in a
+small cache (:data:`CACHE_SIZE` entries): the model's graph (structure and static attributes), the
+shapes and dtypes of every input, the static batch leaves, the instruments' settings, and the code
+it runs, as function objects: ``jax_loss``, every method of every class of the model's modules
+(their whole MRO) and, following global names and closures from those functions, every function
+of user or jaxseq code they call (library modules such as ``jax``, ``flax``, ``numpy`` are not
+followed). Replacing any of these functions (editing a port's method in place, monkeypatching a
+helper the model calls by name) compiles again; what is not followed (a function reached through
+a module attribute, ``helpers.f``, or through an object other than the model, or a global
+variable's value) does not: pass ``jit=False`` after such a change.
+
+Where the time goes (``benchmarks/compare_models_time.py``): tracing and lowering the loss and its
+gradient is under a tenth of the call; XLA's compilation of that program is most of it. The
+program runs once, so it is compiled with XLA's backend optimisation level 0
+(:data:`COMPILER_OPTIONS`), which about halves the compile time and changes results by rounding
+only. A decoder loop written as a Python loop is unrolled into the program: written with
+:func:`jaxseq.teacher_forcing` (one ``lax.scan``) it compiles several times faster.
+"""
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import types
+from collections.abc import Callable, Hashable, Mapping, Sequence
+from contextlib import AbstractContextManager
+from typing import Any, Optional
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from jaxseq.interop import Rename, load_torch_state_dict, torch_state_dict
+from jaxseq.parity.inputs import Batch, Leaf
+
+#: Compiled functions kept (least recently used dropped first).
+CACHE_SIZE = 16
+#: XLA options of the one-shot compilation (see the module docs).
+COMPILER_OPTIONS: dict[str, Any] = {"xla_backend_optimization_level": 0}
+#: Module attributes that fix a computation dtype: set to the compared dtype in the copy
+#: (``nnx.Embed`` computes in its ``param_dtype`` unless told otherwise, ``nnx.Linear(...,
+#: dtype=jnp.float32)``...); jaxseq's mixed-precision ``compute_dtype`` is switched off (``None``).
+_DTYPE_ATTRIBUTE = "dtype"
+#: Top-level packages whose functions the code key does not follow.
+_LIBRARIES = frozenset({"jax", "jaxlib", "flax", "numpy", "torch", "optax", "builtins", "typing",
+                        "functools", "collections", "abc", "dataclasses", "math", "treescope",
+                        "contextlib", "operator", "itertools", "inspect", "re", "numbers",
+                        "warnings", "types", "enum", "copy"})
+
+
+class Instrument:
+    """Something that takes part in the traced loss (the base does nothing).
+
+    ``key``: its settings, part of the compilation key; ``inputs``: arrays given to the compiled
+    function; :meth:`tracing` is active while ``jax_loss`` is traced (given the inputs as traced
+    there) and may record *facts* (Python values learned while tracing, kept with the compiled
+    function and given back by :meth:`receive` on every call); :meth:`outputs` (called inside
+    :meth:`tracing`, after ``jax_loss``) are arrays returned by the compiled function.
+    """
+
+    key: Hashable = None
+    inputs: Any = None
+
+    def tracing(self, inputs: Any) -> AbstractContextManager[Any]:
+        return contextlib.nullcontext()
+
+    def outputs(self) -> Any:
+        return None
+
+    def facts(self) -> Any:
+        return None
+
+    def receive(self, outputs: Any, facts: Any) -> None:
+        """After the call: the concrete :meth:`outputs` and the facts of the trace."""
+
+
+def _is_float_dtype(value: Any) -> bool:
+    try:
+        return value is not None and jnp.issubdtype(np.dtype(value), jnp.floating)
+    except TypeError:
+        return False
+
+
+def cast_clone(model: nnx.Module, np_dtype: Any) -> tuple[nnx.Module, list[str]]:
+    """A copy of ``model`` with every floating variable (parameters, batch statistics...) cast and
+    every computation dtype set to ``np_dtype``; also the ``module.attribute (was ...)`` changed."""
+    graphdef, state = nnx.split(model)
+    cast = lambda x: x.astype(np_dtype) if jnp.issubdtype(x.dtype, jnp.floating) else x  # noqa: E731
+    clone = nnx.merge(graphdef, jax.tree.map(cast, state))
+    changed = []
+    for path, node in nnx.iter_graph(clone):
+        if not isinstance(node, nnx.Module):
+            continue
+        where = ".".join(map(str, path)) or "the model"
+        value = getattr(node, _DTYPE_ATTRIBUTE, None)
+        if _is_float_dtype(value) and np.dtype(value) != np.dtype(np_dtype):
+            setattr(node, _DTYPE_ATTRIBUTE, np_dtype)
+            changed.append(f"{where}.{_DTYPE_ATTRIBUTE} (was {np.dtype(value).name})")
+        compute_dtype = getattr(node, "compute_dtype", None)
+        if compute_dtype is not None:
+            changed.append(f"{where}.compute_dtype (was {np.dtype(compute_dtype).name})")
+            setattr(node, "compute_dtype", None)  # noqa: B010  (any module's attribute)
+    return clone, changed
+
+
+# ------------------------------------------------------------------------------------------------
+# The code a compiled function depends on
+# ------------------------------------------------------------------------------------------------
+def _is_library(function: Any) -> bool:
+    return (getattr(function, "__module__", None) or "builtins").split(".")[0] in _LIBRARIES
+
+
+def _functions(value: Any) -> list[Any]:
+    """The functions a class attribute holds (methods, static/class methods, properties)."""
+    if isinstance(value, (staticmethod, classmethod)):
+        return [value.__func__]
+    if isinstance(value, property):
+        return [f for f in (value.fget, value.fset) if f is not None]
+    return [value] if isinstance(value, types.FunctionType) else []
+
+
+def code_key(model: nnx.Module, loss_fn: Callable) -> tuple[Any, ...]:
+    """The function objects the loss of ``model`` runs (see the module docs), in a stable order."""
+    found: dict[int, Any] = {}
+
+    def add(function: Any) -> None:
+        if id(function) in found:
+            return
+        found[id(function)] = function
+        code = getattr(function, "__code__", None)
+        if code is None or _is_library(function):
+            return
+        for name in code.co_names:
+            value = function.__globals__.get(name)
+            if isinstance(value, types.FunctionType):
+                add(value)
+        for cell in function.__closure__ or ():
+            with contextlib.suppress(ValueError):                  # an empty cell
+                if isinstance(cell.cell_contents, types.FunctionType):
+                    add(cell.cell_contents)
+
+    classes = {type(node) for _, node in nnx.iter_graph(model)
+               if not isinstance(node, nnx.Variable)}
+    for cls in sorted(classes, key=lambda c: (c.__module__, c.__qualname__)):
+        for klass in cls.__mro__[:-1]:
+            for value in vars(klass).values():
+                for function in _functions(value):
+                    add(function)
+    add(loss_fn if isinstance(loss_fn, types.FunctionType) else type(loss_fn).__call__)
+    if isinstance(loss_fn, types.MethodType):
+        add(loss_fn.__func__)
+    return tuple(found.values())
+
+
+def _signature(tree: Any) -> tuple[Any, ...]:
+    """The structure and every leaf's shape, dtype and weak type of ``tree``."""
+    leaves, treedef = jax.tree.flatten(tree)
+    return (treedef, *((tuple(a.shape), jnp.dtype(a.dtype) if not jax.dtypes.issubdtype(
+        a.dtype, jax.dtypes.prng_key) else str(a.dtype), bool(getattr(a, "weak_type", False)))
+        for a in leaves))
+
+
+@dataclasses.dataclass
+class _Compiled:
+    call: Callable[..., Any]
+    facts: list[Any]
+
+
+#: ``[(key, compiled)]``, most recently used last; keys are compared with ``==`` (a graph's
+#: static attributes may be unhashable, e.g. a dict).
+_CACHE: list[tuple[Any, _Compiled]] = []
+
+
+def _cached(key: Any, build: Callable[[], _Compiled]) -> _Compiled:
+    for i, (known, entry) in enumerate(_CACHE):
+        if known == key:
+            _CACHE.append(_CACHE.pop(i))
+            return entry
+    entry = build()
+    _CACHE.append((key, entry))
+    del _CACHE[:-CACHE_SIZE]
+    return entry
+
+
+# ------------------------------------------------------------------------------------------------
+# The run
+# ------------------------------------------------------------------------------------------------
+@dataclasses.dataclass
+class JaxRun:
+    loss: np.ndarray
+    outputs: dict[str, np.ndarray]
+    grads: dict[str, np.ndarray]                # {JAX key: gradient}, torch layout
+    input_grads: dict[str, np.ndarray]          # {leaf name: gradient}
+    after: dict[str, np.ndarray]                # torch_state_dict of the model after the call
+    loss_dtype: str
+    changed: list[str]                          # computation dtypes set in the copy
+    reaches: Callable[[Sequence[str]], dict[str, bool]]   # does the loss reach these leaves?
+
+
+class _Loss:
+    """``jax_loss`` as a function of ``(params, floating leaves)`` for a model and batch split
+    into arrays, with the instruments active while it runs."""
+
+    def __init__(self, graphdef: Any, batch: Batch, loss_fn: Callable,
+                 instruments: Sequence[Instrument], split_result: Callable, check: Callable):
+        self.graphdef, self.batch, self.loss_fn = graphdef, batch, loss_fn
+        self.instruments, self.split_result, self.check = instruments, split_result, check
+
+    def values(self, diff: Sequence[Any], others: Sequence[Any]) -> list[Any]:
+        diff_it, other_it = iter(diff), iter(others)
+        return [next(diff_it) if leaf.floating else next(other_it) if _passed(leaf) else leaf.value
+                for leaf in self.batch.leaves]
+
+    def __call__(self, params: Any, diff: Any, rest: Any, others: Any, inputs: Any
+                 ) -> tuple[Any, Any]:
+        model = nnx.merge(self.graphdef, params, rest, copy=True)   # variables of this trace
+        with contextlib.ExitStack() as stack:
+            for instrument, x in zip(self.instruments, inputs):
+                stack.enter_context(instrument.tracing(x))
+            result = self.loss_fn(model, self.batch.rebuild(self.values(diff, others)))
+            loss, outputs = self.split_result(result, "jax_loss")
+            self.check(loss, "jax_loss", bool(jnp.issubdtype(loss.dtype, jnp.floating)))
+            observed = tuple(i.outputs() for i in self.instruments)
+        _, _, new_rest = nnx.split(model, nnx.Param, ...)  # type: ignore[misc]
+        return loss, (outputs, new_rest, observed)
+
+    def step(self, params: Any, rest: Any, diff: Any, others: Any, inputs: Any) -> Any:
+        (loss, (outputs, new_rest, observed)), (g_params, g_diff) = jax.value_and_grad(
+            self, argnums=(0, 1), has_aux=True)(params, diff, rest, others, inputs)
+        return loss, outputs, g_params, g_diff, new_rest, observed
+
+
+def _passed(leaf: Leaf) -> bool:
+    """A non-floating leaf given to the compiled function as an array (else closed over)."""
+    return isinstance(leaf.value, np.ndarray) or leaf.number
+
+
+def run(jax_model: nnx.Module, batch: Batch, jax_loss: Callable, state_dict: Mapping[str, Any],
+        *, np_dtype: Any, prefix: str, rename: Optional[Rename], jit: bool,
+        instruments: Sequence[Instrument], split_result: Callable, check: Callable) -> JaxRun:
+    """Run the port (see the module docs) with the torch weights ``state_dict``."""
+    model, changed = cast_clone(jax_model, np_dtype)
+    load_torch_state_dict(model, state_dict, prefix=prefix, rename=rename)
+    graphdef, params, rest = nnx.split(model, nnx.Param, ...)  # type: ignore[misc]
+    diff = [jnp.asarray(leaf.value) for leaf in batch.leaves if leaf.floating]
+    others = [jnp.asarray(leaf.value) for leaf in batch.leaves if not leaf.floating and _passed(leaf)]
+    inputs = tuple(i.inputs for i in instruments)
+    loss_fn = _Loss(graphdef, batch, jax_loss, instruments, split_result, check)
+    args = (params, rest, diff, others, inputs)
+    if jit:
+        static = tuple(leaf.value for leaf in batch.leaves if not leaf.floating and not _passed(leaf))
+        key = (graphdef, batch.treedef, static, _signature(args), code_key(jax_model, jax_loss),
+               tuple(i.key for i in instruments), bool(jax.config.read("jax_enable_x64")))
+
+        def build() -> _Compiled:
+            compiled = jax.jit(loss_fn.step).lower(*args).compile(COMPILER_OPTIONS)
+            return _Compiled(compiled, [i.facts() for i in instruments])
+
+        entry = _cached(key, build)
+        loss, outputs, g_params, g_diff, new_rest, observed = entry.call(*args)
+        facts = entry.facts
+    else:
+        loss, outputs, g_params, g_diff, new_rest, observed = loss_fn.step(*args)
+        facts = [i.facts() for i in instruments]
+    for instrument, out, fact in zip(instruments, observed, facts):
+        instrument.receive(out, fact)
+    nnx.update(model, new_rest)
+    names = [leaf.name for leaf in batch.leaves if leaf.floating]
+
+    def reaches(wanted: Sequence[str]) -> dict[str, bool]:
+        return _reaches(loss_fn, args, names, wanted, loss.dtype)
+
+    return JaxRun(loss=np.asarray(loss), outputs={k: np.asarray(v) for k, v in outputs.items()},
+                  grads=torch_state_dict(g_params, like=model),
+                  input_grads={n: np.asarray(g) for n, g in zip(names, g_diff)},
+                  after=torch_state_dict(model), loss_dtype=str(loss.dtype), changed=changed,
+                  reaches=reaches)
+
+
+def _reaches(loss_fn: _Loss, args: tuple[Any, ...], names: list[str], wanted: Sequence[str],
+             loss_dtype: Any) -> dict[str, bool]:
+    """Whether the gradient of the loss with respect to each leaf in ``wanted`` depends on the
+    loss's cotangent: the backward pass traced once more (no compilation) and pruned with JAX's
+    dead-code elimination (``stop_gradient``, integer casts... cut the dependence)."""
+    from jax._src.interpreters import partial_eval as pe  # dce_jaxpr: no public twin
+
+    params, rest, diff, others, inputs = args
+
+    def backward(params: Any, diff: Any, cotangent: Any) -> Any:
+        _, vjp, _ = jax.vjp(lambda p, d: loss_fn(p, d, rest, others, inputs), params, diff,
+                            has_aux=True)
+        return vjp(cotangent)[1]
+
+    closed = jax.make_jaxpr(backward)(params, diff, jnp.ones((), loss_dtype))
+    found = {}
+    for name in wanted:
+        used = [n == name for n in names]
+        _, used_inputs = pe.dce_jaxpr(closed.jaxpr, used, instantiate=False)
+        found[name] = bool(used_inputs[-1])
+    return found
