@@ -4,7 +4,7 @@
 dropout replay (``dropout="replay"``); nothing here imports torch, and nothing happens unless an
 :class:`Observer` is installed with :func:`observing` (then only while JAX traces).
 
-jaxseq calls the hooks at two places:
+jaxseq calls the hooks at three places:
 
 * its decoding loops (:func:`jaxseq.teacher_forcing`, :func:`jaxseq.greedy_decode`,
   :func:`jaxseq.beam_search`, through :func:`jaxseq.loop.scan_steps`) ask every observer for a
@@ -14,6 +14,9 @@ jaxseq calls the hooks at two places:
   e.g. the outputs of the modules the step called) and sees them after the loop
   (:meth:`LoopScope.finish`). To decide, an observer may trace one step abstractly
   (``probe()``, a ``jax.eval_shape``; :func:`probing` is true meanwhile);
+* the same loops rebuild a step's modules from their carried state at every step
+  (:func:`jaxseq.loop.scan_steps`) and say so (:meth:`Observer.rebuilt`), so that an observer
+  that knows the original modules knows the copies;
 * jaxseq's dropouts draw their keep masks from ``jax.random.bernoulli`` outside any compiled
   helper while an observer is installed (:func:`active`), so an observer that wraps
   ``jax.random.bernoulli`` sees every draw.
@@ -57,6 +60,10 @@ class Observer:
         ``probe()`` traces one step abstractly (with :func:`probing` true)."""
         return None
 
+    def rebuilt(self, original: Any, copy: Any) -> None:
+        """``copy`` (an NNX graph: modules, lists...) was rebuilt from ``original``'s state:
+        the same structure, node for node (``nnx.iter_graph`` order)."""
+
 
 _OBSERVERS: contextvars.ContextVar[tuple[Observer, ...]] = contextvars.ContextVar(
     "jaxseq_observers", default=())
@@ -76,6 +83,13 @@ def observing(*observers: Observer) -> Iterator[None]:
 def active() -> bool:
     """Whether an observer is installed."""
     return bool(_OBSERVERS.get())
+
+
+def rebuilt(original: Any, copy: Any) -> None:
+    """Tell every observer that ``copy`` was rebuilt from ``original`` (see
+    :meth:`Observer.rebuilt`)."""
+    for observer in _OBSERVERS.get():
+        observer.rebuilt(original, copy)
 
 
 def probing() -> bool:

@@ -87,6 +87,7 @@ class _Carried:
         if self.modules is None:
             return fn(lambda carry, x: call(None, carry, x)), None
         modules = nnx.merge(self.graphdef, self.params, state)
+        hooks.rebuilt(self.modules, modules)
         result = fn(lambda carry, x: call(modules, carry, x))
         graphdef, _, new_state = _split(modules)
         if graphdef != self.graphdef:

@@ -411,7 +411,10 @@ def test_nan_is_reported_first_and_fails(mlp):
                             jax_loss=nan_output, rename=MLP_RENAME)
     assert report.entries[0].label() == "output out" and math.isnan(report.entries[0].relative)
     assert math.isnan(report.worst()) and [e.label() for e in report.failures()] == ["output out"]
-    assert "nan" in str(report).splitlines()[3]
+    lines = str(report).splitlines()
+    assert lines[1] == "first divergence (rtol 1e-10): output out, relative nan"
+    assert report.first_divergence() == report.entries[0]          # no module entries: worst
+    assert lines[4].startswith("loss") and "nan" in lines[5]       # grouped by kind
 
 
 def test_eager_mode_gives_the_jitted_results(mlp):

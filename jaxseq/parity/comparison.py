@@ -17,9 +17,9 @@ import numpy as np
 #: Default ``rtol`` of :meth:`ModelReport.assert_close` per dtype (the parity suite's tolerances).
 DEFAULT_RTOL = {"float64": 1e-10, "float32": 1e-5}
 #: Entry kinds, in the order the table counts them.
-KINDS = ("loss", "output", "input_grad", "grad", "buffer")
+KINDS = ("loss", "output", "input_grad", "grad", "buffer", "module")
 _PLURAL = {"loss": "loss", "output": "outputs", "input_grad": "input gradients",
-           "grad": "gradients", "buffer": "buffers"}
+           "grad": "gradients", "buffer": "buffers", "module": "module outputs"}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -29,14 +29,17 @@ class Entry:
     Attributes:
       kind: ``"loss"``, ``"output"`` (a named output), ``"input_grad"`` (the gradient of a
         floating batch leaf), ``"grad"`` (the gradient of a torch parameter, or of a JAX
-        parameter without one) or ``"buffer"`` (a torch buffer and its JAX
-        counterpart after the call: BatchNorm running statistics in training mode).
+        parameter without one), ``"buffer"`` (a torch buffer and its JAX counterpart after the
+        call: BatchNorm running statistics in training mode) or ``"module"`` (the output of one
+        call of a submodule, ``modules=True``).
       name: the output's name, the batch leaf's key path (``targets/mel``), or the torch key (a
         JAX-only gradient: the torch key it was loaded from, else its JAX key).
       shape: torch's shape (JAX's when torch has none).
       max_abs: ``max |jax - torch|`` (``nan`` when not compared).
       scale: ``max |torch|`` (``nan`` when not compared).
       problem: why the entry could not be compared (a missing gradient...); ``""`` when compared.
+      order: a ``"module"`` entry's position in torch's order of finished calls (-1 for the
+        other kinds).
     """
 
     kind: str
@@ -45,6 +48,7 @@ class Entry:
     max_abs: float
     scale: float
     problem: str = ""
+    order: int = -1
 
     @property
     def relative(self) -> float:
@@ -115,6 +119,17 @@ class ModelReport:
         rtol = DEFAULT_RTOL[self.dtype] if rtol is None else rtol
         return [e for e in self.entries if not e.passes(rtol, atol)]
 
+    def first_divergence(self, rtol: Optional[float] = None, atol: float = 0.0
+                         ) -> Optional[Entry]:
+        """The earliest ``"module"`` entry (torch's order of finished calls) that fails
+        ``max |jax - torch| <= atol + rtol * max |torch|`` or has a problem, else the worst failing
+        entry of any kind, else ``None``. ``rtol`` defaults to :data:`DEFAULT_RTOL` of the
+        report's dtype. With ``modules=True`` this names the first submodule whose output differs:
+        where a port starts to diverge."""
+        failed = self.failures(rtol, atol)
+        modules = sorted((e for e in failed if e.kind == "module"), key=lambda e: e.order)
+        return modules[0] if modules else failed[0] if failed else None
+
     def assert_close(self, rtol: Optional[float] = None, atol: float = 0.0, *,
                      show: int = 5) -> None:
         """Raise ``AssertionError`` naming the ``show`` worst entries that fail
@@ -135,39 +150,47 @@ class ModelReport:
                              + "; ".join(described) + more)
 
     def __str__(self) -> str:
-        counts = ", ".join(f"{sum(e.kind == k for e in self.entries)} {_PLURAL[k]}" for k in KINDS)
+        counts = ", ".join(f"{n} {_PLURAL[k]}" for k in KINDS
+                           if (n := sum(e.kind == k for e in self.entries)) or k != "module")
         problems = sum(bool(e.problem) for e in self.entries)
         lines = [f"compare_models ({self.dtype}): {counts}; {problems} problem(s); "
                  f"relative = max|jax - torch| / max|torch|"]
         lines += [f"note: {n}" for n in self.notes]
+        first = self.first_divergence()
+        lines.append(f"first divergence (rtol {DEFAULT_RTOL[self.dtype]:g}): "
+                     + (first.label() + (f": {first.problem}" if first.problem else
+                                         f", relative {first.relative:.2e}")
+                        if first is not None else "none"))
         width = max([len(e.name) for e in self.entries] + [4])
         header = (f"{'kind':10s}  {'name':{width}s}  {'shape':14s}  {'max|torch|':>10s}  "
                   f"{'max abs err':>11s}  {'relative':>9s}")
         lines += [header, "-" * len(header)]
-        for e in self.entries:
-            shape = str(e.shape)
-            if e.problem:
-                lines.append(f"{e.kind:10s}  {e.name:{width}s}  {shape:14s}  {e.problem}")
-            else:
-                lines.append(f"{e.kind:10s}  {e.name:{width}s}  {shape:14s}  {e.scale:10.3e}  "
-                             f"{e.max_abs:11.3e}  {e.relative:9.2e}")
+        for kind in KINDS:                  # grouped by kind: worst first, modules in call order
+            group = [e for e in self.entries if e.kind == kind]
+            for e in sorted(group, key=lambda e: e.order) if kind == "module" else group:
+                shape = str(e.shape)
+                if e.problem:
+                    lines.append(f"{e.kind:10s}  {e.name:{width}s}  {shape:14s}  {e.problem}")
+                else:
+                    lines.append(f"{e.kind:10s}  {e.name:{width}s}  {shape:14s}  "
+                                 f"{e.scale:10.3e}  {e.max_abs:11.3e}  {e.relative:9.2e}")
         return "\n".join(lines)
 
 
-def compared(kind: str, name: str, got: Any, want: Any) -> Entry:
+def compared(kind: str, name: str, got: Any, want: Any, order: int = -1) -> Entry:
     """An entry for ``got`` (JAX) against ``want`` (torch); the shapes must agree."""
     got, want = np.asarray(got, np.float64), np.asarray(want, np.float64)
     if got.shape != want.shape:
         return Entry(kind, name, want.shape, math.nan, math.nan,
-                     f"shape mismatch: torch {want.shape}, JAX {got.shape}")
+                     f"shape mismatch: torch {want.shape}, JAX {got.shape}", order)
     diff = np.where(got == want, 0.0, np.abs(got - want))        # equal infinities count as equal
     max_abs = float(np.max(diff)) if diff.size else 0.0
     scale = float(np.max(np.abs(want))) if want.size else 0.0
-    return Entry(kind, name, want.shape, max_abs, scale)
+    return Entry(kind, name, want.shape, max_abs, scale, order=order)
 
 
-def missing(kind: str, name: str, shape: tuple[int, ...], problem: str) -> Entry:
-    return Entry(kind, name, tuple(shape), math.nan, math.nan, problem)
+def missing(kind: str, name: str, shape: tuple[int, ...], problem: str, order: int = -1) -> Entry:
+    return Entry(kind, name, tuple(shape), math.nan, math.nan, problem, order)
 
 
 __all__ = ["DEFAULT_RTOL", "KINDS", "Entry", "ModelReport"]

@@ -59,14 +59,15 @@ class Instrument:
     ``key``: its settings, part of the compilation key; ``inputs``: arrays given to the compiled
     function; :meth:`tracing` is active while ``jax_loss`` is traced (given the inputs as traced
     there) and may record *facts* (Python values learned while tracing, kept with the compiled
-    function and given back by :meth:`receive` on every call); :meth:`outputs` (called inside
+    function and given back by :meth:`receive` on every call; given the model ``jax_loss`` runs,
+    rebuilt in the trace); :meth:`outputs` (called inside
     :meth:`tracing`, after ``jax_loss``) are arrays returned by the compiled function.
     """
 
     key: Hashable = None
     inputs: Any = None
 
-    def tracing(self, inputs: Any) -> AbstractContextManager[Any]:
+    def tracing(self, model: nnx.Module, inputs: Any) -> AbstractContextManager[Any]:
         return contextlib.nullcontext()
 
     def outputs(self) -> Any:
@@ -221,7 +222,7 @@ class _Loss:
         model = nnx.merge(self.graphdef, params, rest, copy=True)   # variables of this trace
         with contextlib.ExitStack() as stack:
             for instrument, x in zip(self.instruments, inputs):
-                stack.enter_context(instrument.tracing(x))
+                stack.enter_context(instrument.tracing(model, x))
             result = self.loss_fn(model, self.batch.rebuild(self.values(diff, others)))
             loss, outputs = self.split_result(result, "jax_loss")
             self.check(loss, "jax_loss", bool(jnp.issubdtype(loss.dtype, jnp.floating)))

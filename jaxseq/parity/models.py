@@ -22,7 +22,7 @@ import torch
 from flax import nnx
 
 from jaxseq.interop import Rename, key_renamer
-from jaxseq.parity import jax_side, torch_side
+from jaxseq.parity import capture, jax_side, torch_side
 from jaxseq.parity.comparison import DEFAULT_RTOL, Entry, ModelReport, compared, missing, severity
 from jaxseq.parity.inputs import prepare
 from jaxseq.parity.torch_side import DTYPES
@@ -82,7 +82,7 @@ def _input_grad_entries(t: torch_side.TorchRun, j: jax_side.JaxRun) -> list[Entr
 def compare_models(torch_model: torch.nn.Module, jax_model: nnx.Module, batch: Any, *,
                    torch_loss: Callable, jax_loss: Callable, rename: Optional[Rename] = None,
                    prefix: str = "", dtype: str = "float64", jit: bool = True,
-                   keep_dtype: Iterable[str] = ()) -> ModelReport:
+                   modules: bool = False, keep_dtype: Iterable[str] = ()) -> ModelReport:
     """Compare a torch model and its JAX port: loss, named outputs, every parameter's gradient.
 
     Copies of both models are made (``copy.deepcopy`` / ``nnx.split``-``merge``) and cast to
@@ -116,6 +116,8 @@ def compare_models(torch_model: torch.nn.Module, jax_model: nnx.Module, batch: A
         that reads concrete values). A compilation is reused only for the same model structure,
         input shapes and dtypes and the same code: :mod:`jaxseq.parity.jax_side` says exactly
         what counts as the same code (editing a port's method in place compiles again).
+      modules: also compare the forward output of every submodule call (entries of kind
+        ``"module"``; see below and :mod:`jaxseq.parity.capture`).
       keep_dtype: top-level batch keys whose floating arrays are given to both sides in their
         own dtype (e.g. float32 fractions that a model turns into lengths with ``int(p * T)``,
         which a float64 cast can change).
@@ -137,7 +139,19 @@ def compare_models(torch_model: torch.nn.Module, jax_model: nnx.Module, batch: A
       a problem entry (a non-zero JAX gradient, or a gradient that depends on the loss in JAX's
       backward pass, traced once more for that check);
     * every torch buffer that the JAX model also has (:func:`jaxseq.torch_state_dict` of the JAX
-      copy), after the call: in training mode BatchNorm's updated running statistics.
+      copy), after the call: in training mode BatchNorm's updated running statistics;
+    * with ``modules=True``, the output of every call of every submodule, matched by module path
+      (torch's dotted name; the JAX module's path, mapped with ``rename`` / ``prefix`` as the
+      ``state_dict`` keys), in torch's order of finished calls (a child before its parent), with
+      no change to either model's code: torch forward hooks, and on the JAX side the module
+      classes' ``__call__`` wrapped while the loss is traced (in the same compilation as the
+      gradients). A module called several times gets one entry per call, ``path[i]``; an output
+      of several arrays one entry per array, ``path:k``. A ``PackedSequence`` is compared padded;
+      torch's channels-first conv / batch-norm / pooling outputs (and same-shape outputs of the
+      modules after them) are moved channels last. Calls inside :func:`jaxseq.teacher_forcing`,
+      :func:`jaxseq.greedy_decode`, :func:`jaxseq.beam_search` give one entry per step. What
+      cannot be matched is listed in the notes with the reason. ``report.first_divergence()``
+      names the earliest failing module: where the port starts to differ.
 
     The report's notes say which inputs were cast (and which kept), which computation dtypes of
     the JAX copy were changed, and which torch attributes were copied detached.
@@ -186,11 +200,15 @@ def compare_models(torch_model: torch.nn.Module, jax_model: nnx.Module, batch: A
     np_dtype = DTYPES[dtype][1]
     inputs = prepare(batch, np_dtype, keep_dtype, lambda x: isinstance(x, torch.Tensor))
 
-    t = torch_side.run(torch_model, inputs, torch_loss, dtype)
+    torch_calls = capture.TorchCalls()
+    jax_calls = capture.JaxCalls(record=modules)
+    t = torch_side.run(torch_model, inputs, torch_loss, dtype,
+                       contexts=[torch_calls] if modules else [])
     x64 = jax.enable_x64(True) if dtype == "float64" else contextlib.nullcontext()
     with x64, jax.default_matmul_precision("highest"):
         j = jax_side.run(jax_model, inputs, jax_loss, t.state_dict, np_dtype=np_dtype,
-                         prefix=prefix, rename=rename, jit=jit, instruments=(),
+                         prefix=prefix, rename=rename, jit=jit,
+                         instruments=[jax_calls] if modules else [],
                          split_result=torch_side.split_result, check=torch_side.check_scalar)
         if set(t.outputs) != set(j.outputs):
             raise ValueError("torch_loss and jax_loss return different outputs: only in torch "
@@ -210,6 +228,11 @@ def compare_models(torch_model: torch.nn.Module, jax_model: nnx.Module, batch: A
             entries.append(compared("buffer", name, j.after[key], value))
     notes = [f"{who} loss is {got}, not {dtype}: a module computes in another dtype"
              for who, got in (("torch", t.loss_dtype), ("JAX", j.loss_dtype)) if got != dtype]
+    if modules:
+        module_entries, module_notes = capture.module_entries(
+            torch_calls.calls, jax_calls, capture.torch_names(jax_model), prefix, renamer)
+        entries += module_entries
+        notes += module_notes
     notes += inputs.notes(dtype)
     if j.changed:
         notes.append(f"computation dtype set to {dtype} in the JAX copy: {', '.join(j.changed)}")

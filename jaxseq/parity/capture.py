@@ -1,0 +1,395 @@
+"""Per-module capture for :func:`jaxseq.parity.compare_models` (``modules=True``): the forward
+output of every submodule call on both sides, matched by module path, without changes to the
+user's code.
+
+* torch: a forward hook on every named submodule of the model copy (:class:`TorchCalls`); a
+  ``PackedSequence`` output is recorded padded; ``Conv*``, ``BatchNorm*``, ``InstanceNorm*`` and
+  pooling layers of ``torch.nn`` (their own ``forward``) give channels-first outputs, recorded
+  channels last, and so are the same-shape outputs of modules fed such an output (an activation
+  or a dropout after a conv).
+* JAX: while the loss is traced, the ``__call__`` of every module class of the model is wrapped
+  (and restored afterwards); a call of one of the model's modules records its output
+  (:class:`JaxCalls`). ``nnx.capture(..., method_outputs=...)`` (Flax 0.12) is not used: it wraps
+  only the methods a class defines itself (``jaxseq.LSTM`` inherits its ``__call__``) and sows into
+  module variables, which cannot leave a ``lax.scan``. This works with every Flax version jaxseq
+  supports (>= 0.10).
+* Inside jaxseq's decoding loops (:func:`jaxseq.teacher_forcing`, ...) the loop cooperates through
+  :mod:`jaxseq.hooks`: the outputs of one step's calls leave the ``lax.scan`` as per-step outputs
+  and become one call per step (``cell[0]``, ``cell[1]``...), in step order. A module called
+  inside any other JAX transformation (a user's ``lax.scan``, ``nnx.scan``, ``vmap``,
+  ``remat``) cannot be recorded (its values do not exist outside it): the notes say so.
+
+Matching (:func:`module_entries`): a torch module path goes through ``prefix`` and ``rename`` as
+the ``state_dict`` keys do, and meets the JAX module that :func:`jaxseq.load_torch_state_dict`
+names the same (a module with parameters: the module holding them; one without: its attribute
+path under a named parent). The ``i``-th call of a path on one side meets the ``i``-th on the
+other. Entries come in torch's order of finished calls (a child before its parent); a path called
+more than once is named ``path[i]``; an output of several arrays (an LSTM's ``output, (h_n,
+c_n)``) gives one entry per array, ``path:k`` (flattened order). What cannot be matched is listed
+in the notes with the reason.
+"""
+from __future__ import annotations
+
+import collections
+import contextlib
+import dataclasses
+import functools
+from collections.abc import Callable, Iterator, Sequence
+from typing import Any, Optional
+
+import jax
+import jax.extend.core as jax_core
+import numpy as np
+import torch
+from flax import nnx
+from torch import nn
+
+from jaxseq import hooks
+from jaxseq.interop import _mapping
+from jaxseq.parity.comparison import Entry, compared, missing
+from jaxseq.parity.jax_side import Instrument
+
+Path = tuple[Any, ...]
+
+# ------------------------------------------------------------------------------------------------
+# torch
+# ------------------------------------------------------------------------------------------------
+#: torch layers whose outputs are channels first (``[B, C, *spatial]``) when their own
+#: ``forward`` runs (a subclass that overrides it, as a features-last batch norm, is not).
+CHANNELS_FIRST = (nn.modules.conv._ConvNd, nn.modules.batchnorm._BatchNorm,
+                  nn.modules.instancenorm._InstanceNorm, nn.modules.pooling._MaxPoolNd,
+                  nn.modules.pooling._AvgPoolNd)
+
+
+def _channels_first(module: nn.Module) -> bool:
+    forward = type(module).forward
+    return isinstance(module, CHANNELS_FIRST) and forward.__module__.startswith("torch.nn")
+
+
+@dataclasses.dataclass
+class TorchLeaf:
+    value: np.ndarray
+    moved: bool          # channels first, moved last
+    time_axis: Optional[int] = None   # from a PackedSequence: padded to its longest sequence
+
+
+@dataclasses.dataclass
+class TorchCall:
+    path: str
+    kind: str            # the module's class name
+    leaves: list[TorchLeaf]
+
+
+class TorchCalls:
+    """Forward hooks on every named submodule of a torch model (the copy ``compare_models``
+    runs): ``calls`` in the order they finish. Use as ``contexts`` of the torch run."""
+
+    def __init__(self) -> None:
+        self.calls: list[TorchCall] = []
+        self._first: set[int] = set()        # ids of channels-first outputs
+
+    def _leaves(self, module: nn.Module, args: tuple, output: Any) -> list[TorchLeaf]:
+        first_in = next((a for a in args if isinstance(a, torch.Tensor)), None)
+        follows = first_in is not None and id(first_in) in self._first
+        leaves: list[TorchLeaf] = []
+
+        def visit(value: Any) -> None:
+            if isinstance(value, nn.utils.rnn.PackedSequence):
+                batch_first = bool(getattr(module, "batch_first", False))
+                padded, _ = nn.utils.rnn.pad_packed_sequence(value, batch_first=batch_first)
+                leaves.append(TorchLeaf(padded.detach().cpu().numpy(), False,
+                                        1 if batch_first else 0))
+            elif isinstance(value, torch.Tensor):
+                first = value.dim() >= 3 and (_channels_first(module) or (
+                    follows and first_in is not None and value.shape == first_in.shape))
+                if first:
+                    self._first.add(id(value))
+                array = value.detach().cpu().numpy()
+                leaves.append(TorchLeaf(np.moveaxis(array, 1, -1) if first else array, first))
+            elif isinstance(value, (tuple, list)):
+                for item in value:
+                    visit(item)
+            elif isinstance(value, dict):
+                for key in sorted(value):
+                    visit(value[key])
+
+        visit(output)
+        return leaves
+
+    @contextlib.contextmanager
+    def __call__(self, model: nn.Module) -> Iterator[None]:
+        handles = []
+        for path, module in model.named_modules():
+            if not path:
+                continue
+
+            def hook(module: nn.Module, args: tuple, output: Any, path: str = path) -> None:
+                self.calls.append(TorchCall(path, type(module).__name__,
+                                            self._leaves(module, args, output)))
+
+            handles.append(module.register_forward_hook(hook))
+        try:
+            yield
+        finally:
+            for handle in handles:
+                handle.remove()
+
+
+# ------------------------------------------------------------------------------------------------
+# JAX
+# ------------------------------------------------------------------------------------------------
+def _trace_state() -> Any:
+    return jax_core.get_opaque_trace_state(convention="nnx")
+
+
+def _arrays(output: Any) -> list[Any]:
+    return [leaf for leaf in jax.tree.leaves(output) if isinstance(leaf, jax.Array)]
+
+
+@dataclasses.dataclass
+class _Scope:
+    """Where calls are recorded: the traced loss, or one step of a decoding loop."""
+
+    trace: Any
+    records: list[tuple[Path, list[Any]]] = dataclasses.field(default_factory=list)
+
+
+class _LoopScope(hooks.LoopScope):
+    """One decoding loop: each step's records leave the scan as per-step outputs."""
+
+    def __init__(self, owner: JaxCalls, length: int):
+        self.owner, self.length = owner, length
+        self.parent = owner.scopes[-1]
+        self.paths: list[tuple[Path, int]] = []
+
+    @contextlib.contextmanager
+    def step(self, inputs_t: Any) -> Iterator[None]:
+        self.owner.scopes.append(_Scope(_trace_state()))
+        try:
+            yield
+        finally:
+            self.owner.scopes.pop()
+
+    def step_outputs(self) -> Any:
+        records = self.owner.scopes[-1].records
+        self.paths = [(path, len(leaves)) for path, leaves in records]
+        return [leaves for _, leaves in records]
+
+    def finish(self, outputs: Any) -> None:
+        for t in range(self.length):
+            for (path, _), leaves in zip(self.paths, outputs):
+                self.parent.records.append((path, [leaf[t] for leaf in leaves]))
+
+
+class JaxCalls(Instrument, hooks.Observer):
+    """Which of the model's modules is running while ``jax_loss`` is traced (:meth:`where`, for
+    dropout replay's messages), and with ``record`` the output of every call (see the module
+    docs). An :class:`~jaxseq.parity.jax_side.Instrument` of the JAX run."""
+
+    def __init__(self, record: bool):
+        self.key = ("modules", record)
+        self.record = record
+        self.ids: dict[int, Path] = {}
+        self.stack: list[tuple[Any, Path]] = []
+        self.scopes: list[_Scope] = []
+        self.skipped: dict[Path, str] = {}
+        self.calls: list[tuple[Path, list[np.ndarray]]] = []
+
+    def where(self) -> str:
+        """The path of the innermost running module (``"(model)"`` for the top)."""
+        if not self.stack:
+            return "(outside the model's modules)"
+        return ".".join(map(str, self.stack[-1][1])) or "(model)"
+
+    # -- hooks.Observer -----------------------------------------------------------------------
+    def loop(self, length: int, probe: Callable[[], Any]) -> Optional[hooks.LoopScope]:
+        if not self.record or hooks.probing() or not self.scopes:
+            return None
+        return _LoopScope(self, length)
+
+    def rebuilt(self, original: Any, copy: Any) -> None:
+        for (_, a), (_, b) in zip(nnx.iter_graph(original), nnx.iter_graph(copy)):
+            if id(a) in self.ids:
+                self.ids[id(b)] = self.ids[id(a)]
+
+    # -- the wrapped __call__ ------------------------------------------------------------------
+    def _called(self, original: Callable, module: Any, args: tuple, kwargs: dict) -> Any:
+        path = self.ids.get(id(module))
+        if path is None or (self.stack and self.stack[-1][0] is module):   # super().__call__
+            return original(module, *args, **kwargs)
+        self.stack.append((module, path))
+        try:
+            output = original(module, *args, **kwargs)
+        finally:
+            self.stack.pop()
+        if self.record and not hooks.probing() and self.scopes:
+            scope = self.scopes[-1]
+            if scope.trace == _trace_state():
+                scope.records.append((path, _arrays(output)))
+            else:
+                self.skipped.setdefault(path, "called inside a JAX transformation that is not a "
+                                              "jaxseq decoding loop (a lax.scan, nnx.scan, vmap, "
+                                              "remat...), where its outputs cannot be recorded")
+        return output
+
+    @contextlib.contextmanager
+    def _wrapped(self, classes: Sequence[type]) -> Iterator[None]:
+        saved = []
+        for cls in classes:
+            if not any("__call__" in vars(klass) for klass in cls.__mro__):
+                continue                                  # instances are not callable
+            original = cls.__call__
+            saved.append((cls, cls.__dict__.get("__call__")))
+
+            def wrapper(module: Any, *args: Any, __original: Callable = original, **kwargs: Any
+                        ) -> Any:
+                return self._called(__original, module, args, kwargs)
+
+            functools.update_wrapper(wrapper, original)
+            cls.__call__ = wrapper  # type: ignore[method-assign]
+        try:
+            yield
+        finally:
+            for cls, own in reversed(saved):
+                if own is None:
+                    del cls.__call__
+                else:
+                    cls.__call__ = own
+
+    # -- Instrument ----------------------------------------------------------------------------
+    @contextlib.contextmanager
+    def tracing(self, model: nnx.Module, inputs: Any) -> Iterator[None]:
+        modules = [(tuple(path), node) for path, node in nnx.iter_graph(model)
+                   if isinstance(node, nnx.Module)]
+        self.ids = {id(node): path for path, node in modules if path}     # not the model itself
+        self.stack, self.skipped = [], {}
+        self.scopes = [_Scope(_trace_state())]
+        classes = sorted({type(node) for _, node in modules}, key=lambda c: len(c.__mro__))
+        with self._wrapped(classes), hooks.observing(self):
+            yield
+
+    def outputs(self) -> Any:
+        return [leaves for _, leaves in self.scopes[0].records]
+
+    def facts(self) -> Any:
+        return ([(path, len(leaves)) for path, leaves in self.scopes[0].records],
+                dict(self.skipped))
+
+    def receive(self, outputs: Any, facts: Any) -> None:
+        paths, self.skipped = facts
+        self.calls = [(path, [np.asarray(a) for a in leaves])
+                      for (path, _), leaves in zip(paths, outputs or [])]
+
+
+# ------------------------------------------------------------------------------------------------
+# Matching
+# ------------------------------------------------------------------------------------------------
+def torch_names(model: nnx.Module) -> dict[Path, str]:
+    """``{module graph path: the torch-style name load_torch_state_dict gives it}``: from the keys
+    of the variables a module holds, else its parent's name and its own attribute."""
+    names: dict[Path, str] = {}
+    for path, key in _mapping(model).paths.items():
+        module, name = tuple(path[:-1]), key.rsplit(".", 1)[0] if "." in key else ""
+        while module not in names:
+            names[module] = name
+            last = str(module[-1]) if module else None
+            if last is None or not (name == last or name.endswith("." + last)):
+                break
+            module, name = module[:-1], name[:-len(last)].rstrip(".")
+    for path, node in sorted(nnx.iter_graph(model), key=lambda item: len(item[0])):
+        path = tuple(path)
+        if isinstance(node, nnx.Module) and path not in names:
+            parent = names.get(path[:-1], ".".join(map(str, path[:-1])))
+            names[path] = ".".join(p for p in (parent, str(path[-1])) if p)
+    return names
+
+
+def _jax_path(torch_path: str, prefix: str, renamer: Callable[[str], Optional[str]]
+              ) -> tuple[Optional[str], str]:
+    """``(the torch-style JAX name, "")`` for a torch module path, or ``(None, why)``."""
+    dotted = torch_path + "."
+    if not dotted.startswith(prefix):
+        return None, f"outside prefix {prefix!r}"
+    renamed = renamer(dotted[len(prefix):])
+    if renamed is None:
+        return None, "dropped by rename"
+    return renamed.rstrip("."), ""
+
+
+def _as_jax_layout(leaf: TorchLeaf, want: tuple[int, ...]) -> np.ndarray:
+    """torch's array in JAX's layout where a known difference explains the shapes: a
+    PackedSequence's time axis padded with zeros to JAX's length, or channels moved last."""
+    value = leaf.value
+    if value.shape == want:
+        return value
+    if leaf.time_axis is not None and value.ndim == len(want):
+        pad = [(0, w - s) if i == leaf.time_axis else (0, 0)
+               for i, (s, w) in enumerate(zip(value.shape, want))]
+        if all(p >= 0 for _, p in pad) and all(p == 0 for i, (_, p) in enumerate(pad)
+                                               if i != leaf.time_axis):
+            return np.pad(value, pad)
+    if not leaf.moved and value.ndim >= 3 and np.moveaxis(value, 1, -1).shape == want:
+        return np.moveaxis(value, 1, -1)
+    return value
+
+
+def module_entries(torch_calls: Sequence[TorchCall], jax: JaxCalls, names: dict[Path, str],
+                   prefix: str, renamer: Callable[[str], Optional[str]]
+                   ) -> tuple[list[Entry], list[str]]:
+    """The ``"module"`` entries (``Entry.order``: torch's order of finished calls) and notes."""
+    by_name: dict[str, list[list[np.ndarray]]] = collections.defaultdict(list)
+    for path, leaves in jax.calls:
+        by_name[names.get(path, ".".join(map(str, path)))].append(leaves)
+    skipped = {names.get(path, ".".join(map(str, path))): why for path, why in jax.skipped.items()}
+    torch_count = collections.Counter(c.path for c in torch_calls)
+    seen: collections.Counter[str] = collections.Counter()
+    entries: list[Entry] = []
+    unmatched: dict[str, str] = {}
+    matched_names = set()
+    for call in torch_calls:
+        index = seen[call.path]
+        seen[call.path] += 1
+        name, why = _jax_path(call.path, prefix, renamer)
+        if name is None or name not in by_name:
+            if name in skipped:
+                why = f"JAX's {name!r} was {skipped.pop(name)}"
+            unmatched.setdefault(call.path, f"{call.path} ({call.kind}): " + (
+                why or f"no JAX module named {name!r} was called"))
+            continue
+        matched_names.add(name)
+        jax_calls = by_name[name]
+        several = max(torch_count[call.path], len(jax_calls)) > 1
+        label = f"{call.path}[{index}]" if several else call.path
+        order = len(entries)
+        if index >= len(jax_calls):
+            shape = call.leaves[0].value.shape if call.leaves else ()
+            entries.append(missing("module", label, shape, f"torch call {index}: JAX called "
+                                   f"{name!r} {len(jax_calls)} time(s)", order=order))
+            continue
+        got = jax_calls[index]
+        if len(got) != len(call.leaves):
+            entries.append(missing("module", label, (), f"torch returns {len(call.leaves)} "
+                                   f"array(s), JAX {len(got)}", order=order))
+            continue
+        for k, (leaf, value) in enumerate(zip(call.leaves, got)):
+            want = tuple(np.shape(value))
+            suffix = f":{k}" if len(got) > 1 else ""
+            entries.append(compared("module", label + suffix, value, _as_jax_layout(leaf, want),
+                                    order=len(entries)))
+    notes = []
+    if unmatched:
+        notes.append("torch modules not compared: " + "; ".join(unmatched.values()))
+    extra = [f"{name} ({len(calls)} call(s))" for name, calls in by_name.items()
+             if name not in matched_names]
+    if extra:
+        notes.append("JAX modules called with no torch counterpart: " + ", ".join(extra))
+    for name, count in ((n, len(c)) for n, c in by_name.items() if n in matched_names):
+        torch_calls_of = [c for c in torch_calls
+                          if _jax_path(c.path, prefix, renamer)[0] == name]
+        if count > len(torch_calls_of):
+            notes.append(f"JAX module {name} called {count} times, torch {len(torch_calls_of)}: "
+                         "the extra JAX calls are not compared")
+    if skipped:
+        notes.append("JAX modules not recorded: " + "; ".join(
+            f"{name}: {why}" for name, why in skipped.items()))
+    return entries, notes
