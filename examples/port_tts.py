@@ -4,9 +4,9 @@ decoder loop of LSTM cells, a postnet) from torch to JAX, prove it equal, and tr
     python examples/port_tts.py --quick     # a tiny model, a few training steps
     python examples/port_tts.py             # 500 Adam steps
 
-1. builds :class:`torch_ref.tts.Tacotron` (NVIDIA Tacotron 2's structure at a toy size) and its NNX
-   twin :class:`Tacotron` here, submodules named as torch's, and loads the torch ``state_dict``
-   into the twin with one :func:`jaxseq.load_torch_state_dict` call;
+1. trains :class:`torch_ref.tts.Tacotron` (NVIDIA Tacotron 2's structure at a toy size) for a few
+   steps, saves its ``state_dict`` and loads it into the NNX twin :class:`Tacotron` here
+   (submodules named as torch's) with one :func:`jaxseq.load_torch_state_dict` call;
 2. checks the port with one :func:`jaxseq.parity.compare_models` call per dtype, in training mode
    (batch statistics, every dropout on) with torch's dropout draws replayed on the JAX side
    (``dropout="replay"``) and the output of every submodule compared (``modules=True``), in
@@ -40,7 +40,7 @@ import dataclasses
 import itertools
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any, NamedTuple, Optional
 
@@ -355,7 +355,12 @@ def check(torch_model: torch_tts.Tacotron, jax_model: Tacotron, batch: dict[str,
 # ------------------------------------------------------------------------------------------------
 @dataclasses.dataclass(frozen=True)
 class TTSConfig:
-    """Model sizes, data and training budget of the example (``quick()``: the smoke test's)."""
+    """Model sizes, data and training budget of the example (``quick()``: the smoke test's).
+
+    ``torch_steps``: Adam steps of the torch model before the port (a trained model, batch-norm
+    statistics that moved, a decoder holding its last forward pass's tensors); ``steps``: Adam
+    steps of the JAX twin after the check.
+    """
 
     num_words: int = 2000
     max_letters: int = 7
@@ -365,6 +370,7 @@ class TTSConfig:
     attention_dim: int = 32
     postnet_dim: int = 32
     batch_size: int = 32
+    torch_steps: int = 20
     steps: int = 500
     learning_rate: float = 5e-3
     clip_norm: float = 1.0
@@ -374,13 +380,40 @@ class TTSConfig:
     @classmethod
     def quick(cls) -> TTSConfig:
         return cls(num_words=200, max_letters=4, embedding_dim=16, rnn_dim=24, prenet_dim=16,
-                   attention_dim=16, postnet_dim=16, batch_size=8, steps=20)
+                   attention_dim=16, postnet_dim=16, batch_size=8, torch_steps=2, steps=20,
+                   check_words=3)
 
     def hparams(self) -> HParams:
         return HParams(n_symbols=tts_data.N_SYMBOLS, symbols_embedding_dim=self.embedding_dim,
                        n_mel_channels=tts_data.N_MEL, prenet_dim=self.prenet_dim,
                        attention_rnn_dim=self.rnn_dim, attention_dim=self.attention_dim,
                        decoder_rnn_dim=self.rnn_dim, postnet_embedding_dim=self.postnet_dim)
+
+
+def training_batches(words: Sequence[str], cfg: TTSConfig, steps: int, seed: int, *,
+                     text_length: int, num_frames: int) -> Iterator[dict[str, np.ndarray]]:
+    """``steps`` batches of ``cfg.batch_size`` random ``words``, all padded alike."""
+    rng = np.random.default_rng(seed)
+    for _ in range(steps):
+        chosen = [words[i] for i in rng.choice(len(words), cfg.batch_size, replace=False)]
+        yield tts_data.make_batch(chosen, text_length=text_length, num_frames=num_frames)
+
+
+def train_torch(model: torch_tts.Tacotron, batches: Iterable[dict[str, np.ndarray]],
+                cfg: TTSConfig) -> list[float]:
+    """Adam steps of the torch model (training mode) on ``batches``; the losses."""
+    optimizer = torch.optim.Adam(model.parameters(), lr=cfg.learning_rate)
+    model.train()
+    losses = []
+    for batch in batches:
+        loss, _ = torch_loss(model, {k: torch.from_numpy(v) for k, v in batch.items()})
+        optimizer.zero_grad()
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.clip_norm)
+        optimizer.step()
+        losses.append(loss.item())
+    model.eval()
+    return losses
 
 
 def loss_fn(model: Tacotron, batch: dict[str, jax.Array]) -> jax.Array:
@@ -400,18 +433,13 @@ def predict(model: Tacotron, batch: dict[str, jax.Array]):
     return jax_loss(model, batch)
 
 
-def train(model: Tacotron, words: Sequence[str], cfg: TTSConfig, *, text_length: int,
-          num_frames: int) -> list[float]:
-    """``cfg.steps`` Adam steps on batches of ``cfg.batch_size`` random ``words``; the losses."""
+def train(model: Tacotron, batches: Iterable[dict[str, np.ndarray]], cfg: TTSConfig
+          ) -> list[float]:
+    """Adam steps of the JAX model (training mode) on ``batches``; the losses."""
     optimizer = nnx.Optimizer(model, optax.chain(optax.clip_by_global_norm(cfg.clip_norm),
                                                  optax.adam(cfg.learning_rate)), wrt=nnx.Param)
-    rng = np.random.default_rng(cfg.seed + 1)
     model.train()
-    losses = []
-    for _ in range(cfg.steps):
-        chosen = [words[i] for i in rng.choice(len(words), cfg.batch_size, replace=False)]
-        batch = tts_data.make_batch(chosen, text_length=text_length, num_frames=num_frames)
-        losses.append(float(train_step(model, optimizer, batch)))
+    losses = [float(train_step(model, optimizer, batch)) for batch in batches]
     model.eval()
     return losses
 
@@ -444,33 +472,46 @@ def plot_predictions(path: Path, words: Sequence[str], batch: dict[str, np.ndarr
 
 
 def main(argv: Optional[Sequence[str]] = None) -> dict[str, Any]:
-    """Build, port, check, train, plot; returns the figures (losses, reports, timings)."""
+    """Train in torch, port, check, train the port, plot; returns the figures (losses, reports,
+    timings)."""
     cfg, out = parse_config(__doc__.splitlines()[0], argv, TTSConfig)
     start = time.perf_counter()
     torch.set_num_threads(1)      # tiny ops: one thread beats thread start-up on a small machine
     hp = cfg.hparams()
     train_words, test_words = tts_data.word_splits(cfg.num_words, cfg.max_letters, seed=cfg.seed)
-    text_length = cfg.max_letters
-    num_frames = tts_data.max_frames(train_words + test_words)
+    sizes = {"text_length": cfg.max_letters,
+             "num_frames": tts_data.max_frames(train_words + test_words)}
 
     torch.manual_seed(cfg.seed)
     torch_model = torch_tts.Tacotron(hp)
+    torch_losses = train_torch(torch_model, training_batches(train_words, cfg, cfg.torch_steps,
+                                                             cfg.seed, **sizes), cfg)
+    path = out / "torch_tts.pt"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    torch.save(torch_model.state_dict(), path)
     jax_model = Tacotron(hp, rngs=nnx.Rngs(params=cfg.seed, dropout=cfg.seed + 1))
-    jaxseq.load_torch_state_dict(jax_model, torch_model.state_dict())
+    jaxseq.load_torch_state_dict(jax_model, torch.load(path, weights_only=True))
+    trained = (f" (loss {torch_losses[0]:.3f} -> {torch_losses[-1]:.3f})" if torch_losses else "")
     print(f"torch Tacotron: {sum(p.numel() for p in torch_model.parameters())} parameters, "
-          f"{len(torch_model.state_dict())} state_dict keys, loaded into the NNX twin")
+          f"{cfg.torch_steps} Adam steps{trained}; its {len(torch_model.state_dict())} "
+          f"state_dict entries loaded into the NNX twin")
 
     shown = test_words[:cfg.check_words]
     check_batch = tts_data.make_batch(shown, text_length=max(map(len, shown)),
                                       num_frames=tts_data.max_frames(shown))
+    check_start = time.perf_counter()
     reports = check(torch_model, jax_model, check_batch)
+    check_seconds = time.perf_counter() - check_start
     for dtype, report in reports.items():
         report.assert_close(rtol=TOLERANCE[dtype])
+        print(f"{dtype}: worst relative error {report.worst():.1e} over {len(report.entries)} "
+              f"entries ({sum(e.kind == 'module' for e in report.entries)} module outputs)")
 
     steps_start = time.perf_counter()
-    losses = train(jax_model, train_words, cfg, text_length=text_length, num_frames=num_frames)
+    losses = train(jax_model, training_batches(train_words, cfg, cfg.steps, cfg.seed + 1,
+                                               **sizes), cfg)
     train_seconds = time.perf_counter() - steps_start
-    test_batch = tts_data.make_batch(test_words, text_length=text_length, num_frames=num_frames)
+    test_batch = tts_data.make_batch(test_words, **sizes)
     test_loss, outputs = predict(jax_model, test_batch)
     window = max(1, len(losses) // 10)
     print(f"JAX training: {cfg.steps} Adam steps of {cfg.batch_size} words in "
@@ -481,9 +522,10 @@ def main(argv: Optional[Sequence[str]] = None) -> dict[str, Any]:
                             {k: v[:4] for k, v in test_batch.items()},
                             {k: np.asarray(v)[:4] for k, v in outputs.items()},
                             f"Tacotron-style port (jaxseq), {cfg.steps} steps, held-out words")
-    print(f"plot: {plot}; total {time.perf_counter() - start:.1f} s")
-    return {"losses": losses, "test_loss": float(test_loss), "reports": reports,
-            "train_seconds": train_seconds, "plot": plot}
+    print(f"plot: {plot}; check {check_seconds:.1f} s; total {time.perf_counter() - start:.1f} s")
+    return {"torch_losses": torch_losses, "losses": losses, "test_loss": float(test_loss),
+            "reports": reports, "check_seconds": check_seconds, "train_seconds": train_seconds,
+            "plot": plot}
 
 
 if __name__ == "__main__":
