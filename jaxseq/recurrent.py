@@ -16,7 +16,7 @@ import jax.numpy as jnp
 from flax import nnx
 from flax.nnx.module import first_from
 
-from jaxseq import functional
+from jaxseq import functional, hooks
 from jaxseq import init as initializers
 from jaxseq.dropout import _key_from, check_rate, keep_mask
 from jaxseq.fused import IMPLS, cudnn_problem
@@ -153,7 +153,9 @@ class RecurrentBase(nnx.Module):
                                for layer in range(s.num_layers) for d in range(s.num_directions)),
                          self.weight_drop_mode == "row", out_shape,
                          x.shape[0 if self.batch_first else 1] if x.ndim == 3 else 1, max_segments)
-        return _draw_masks(key, spec=spec)
+        # an observer (compare_models' dropout replay) must see every draw: not the cached compile
+        draw = _draw_masks.__wrapped__ if hooks.active() else _draw_masks  # type: ignore[attr-defined]
+        return draw(key, spec=spec)
 
     def __call__(self, x: jax.Array, lengths: Optional[jax.Array] = None, hx: Any = None, *,
                  segment_ids: Optional[jax.Array] = None, max_segments: Optional[int] = None,
@@ -221,26 +223,27 @@ class _MaskSpec(NamedTuple):
 @partial(jax.jit, static_argnames=("spec",))
 def _draw_masks(key: jax.Array, *, spec: _MaskSpec) -> dict[str, list]:
     """The training-mode dropout masks of one call (``dropout_masks`` / ``state_masks`` /
-    ``weight_hh_masks`` of :func:`jaxseq.functional.recurrent`), in one compiled draw."""
+    ``weight_hh_masks`` of :func:`jaxseq.functional.recurrent`), in one compiled draw; drawn in
+    the order torch draws them (weight drop before the layers run, then between layers)."""
     s = spec.structure
     D, L, H_out = s.num_directions, s.num_layers, s.output_size
     k_drop, k_state, k_weight = jax.random.split(key, 3)
     masks: dict[str, list] = {}
-    if spec.dropout > 0 and L > 1:
-        masks["dropout_masks"] = [keep_mask(k, spec.dropout, spec.out_shape, spec.dtype)
-                                  for k in jax.random.split(k_drop, L - 1)]
-    if spec.recurrent_dropout > 0:
-        shape = (D, spec.batch) + (() if spec.max_segments is None else (spec.max_segments,)) + (
-            H_out,)
-        masks["state_masks"] = [keep_mask(k, spec.recurrent_dropout, shape, spec.dtype)
-                                for k in jax.random.split(k_state, L)]
-    if max(spec.weight_drop) > 0:
+    if max(spec.weight_drop) > 0:    # first: torch's WeightDrop draws before the layer runs
         shape = (s.gates * s.hidden_size, 1 if spec.row_mode else H_out)
         keys = jax.random.split(k_weight, L * D)
         masks["weight_hh_masks"] = [
             jnp.stack([keep_mask(keys[layer * D + d], spec.weight_drop[layer * D + d], shape,
                                  spec.dtype) for d in range(D)])
             for layer in range(L)]
+    if spec.dropout > 0 and L > 1:
+        masks["dropout_masks"] = [keep_mask(k, spec.dropout, spec.out_shape, spec.dtype)
+                                  for k in jax.random.split(k_drop, L - 1)]
+    if spec.recurrent_dropout > 0:
+        state_shape = (D, spec.batch) + (
+            () if spec.max_segments is None else (spec.max_segments,)) + (H_out,)
+        masks["state_masks"] = [keep_mask(k, spec.recurrent_dropout, state_shape, spec.dtype)
+                                for k in jax.random.split(k_state, L)]
     return masks
 
 

@@ -2,7 +2,7 @@
 output of every submodule call on both sides, matched by module path, without changes to the
 user's code.
 
-* torch: a forward hook on every named submodule of the model copy (:class:`TorchCalls`); a
+* torch: a forward hook on every named submodule of the model copy (:class:`TorchModules`); a
   ``PackedSequence`` output is recorded padded; ``Conv*``, ``BatchNorm*``, ``InstanceNorm*`` and
   pooling layers of ``torch.nn`` (their own ``forward``) give channels-first outputs, recorded
   channels last, and so are the same-shape outputs of modules fed such an output (an activation
@@ -80,13 +80,25 @@ class TorchCall:
     leaves: list[TorchLeaf]
 
 
-class TorchCalls:
+class TorchModules:
     """Forward hooks on every named submodule of a torch model (the copy ``compare_models``
-    runs): ``calls`` in the order they finish. Use as ``contexts`` of the torch run."""
+    runs), as a context of the torch run: which module is running (:meth:`where`), which
+    tensors are channels first (:meth:`channels_first`) and, with ``record``, ``calls``: every
+    call's output in the order the calls finish."""
 
-    def __init__(self) -> None:
+    def __init__(self, record: bool):
+        self.record = record
         self.calls: list[TorchCall] = []
+        self.stack: list[str] = []
         self._first: set[int] = set()        # ids of channels-first outputs
+
+    def where(self) -> str:
+        return self.stack[-1] if self.stack else "(outside the model's submodules)"
+
+    def channels_first(self, tensor: torch.Tensor) -> bool:
+        """``tensor`` is the output of a channels-first layer (or of a module after one that kept
+        its shape)."""
+        return id(tensor) in self._first
 
     def _leaves(self, module: nn.Module, args: tuple, output: Any) -> list[TorchLeaf]:
         first_in = next((a for a in args if isinstance(a, torch.Tensor)), None)
@@ -104,8 +116,9 @@ class TorchCalls:
                     follows and first_in is not None and value.shape == first_in.shape))
                 if first:
                     self._first.add(id(value))
-                array = value.detach().cpu().numpy()
-                leaves.append(TorchLeaf(np.moveaxis(array, 1, -1) if first else array, first))
+                if self.record:
+                    array = value.detach().cpu().numpy()
+                    leaves.append(TorchLeaf(np.moveaxis(array, 1, -1) if first else array, first))
             elif isinstance(value, (tuple, list)):
                 for item in value:
                     visit(item)
@@ -123,11 +136,17 @@ class TorchCalls:
             if not path:
                 continue
 
-            def hook(module: nn.Module, args: tuple, output: Any, path: str = path) -> None:
-                self.calls.append(TorchCall(path, type(module).__name__,
-                                            self._leaves(module, args, output)))
+            def enter(module: nn.Module, args: tuple, path: str = path) -> None:
+                self.stack.append(path)
 
-            handles.append(module.register_forward_hook(hook))
+            def leave(module: nn.Module, args: tuple, output: Any, path: str = path) -> None:
+                self.stack.pop()
+                leaves = self._leaves(module, args, output)
+                if self.record:
+                    self.calls.append(TorchCall(path, type(module).__name__, leaves))
+
+            handles.append(module.register_forward_pre_hook(enter))
+            handles.append(module.register_forward_hook(leave, always_call=True))
         try:
             yield
         finally:

@@ -22,7 +22,7 @@ import torch
 from flax import nnx
 
 from jaxseq.interop import Rename, key_renamer
-from jaxseq.parity import capture, jax_side, torch_side
+from jaxseq.parity import capture, jax_side, replay, torch_side
 from jaxseq.parity.comparison import DEFAULT_RTOL, Entry, ModelReport, compared, missing, severity
 from jaxseq.parity.inputs import prepare
 from jaxseq.parity.torch_side import DTYPES
@@ -82,7 +82,8 @@ def _input_grad_entries(t: torch_side.TorchRun, j: jax_side.JaxRun) -> list[Entr
 def compare_models(torch_model: torch.nn.Module, jax_model: nnx.Module, batch: Any, *,
                    torch_loss: Callable, jax_loss: Callable, rename: Optional[Rename] = None,
                    prefix: str = "", dtype: str = "float64", jit: bool = True,
-                   modules: bool = False, keep_dtype: Iterable[str] = ()) -> ModelReport:
+                   dropout: str = "off", modules: bool = False,
+                   keep_dtype: Iterable[str] = ()) -> ModelReport:
     """Compare a torch model and its JAX port: loss, named outputs, every parameter's gradient.
 
     Copies of both models are made (``copy.deepcopy`` / ``nnx.split``-``merge``) and cast to
@@ -116,6 +117,9 @@ def compare_models(torch_model: torch.nn.Module, jax_model: nnx.Module, batch: A
         that reads concrete values). A compilation is reused only for the same model structure,
         input shapes and dtypes and the same code: :mod:`jaxseq.parity.jax_side` says exactly
         what counts as the same code (editing a port's method in place compiles again).
+      dropout: ``"off"`` (default: compare in ``eval()``, or inject the same masks by hand) or
+        ``"replay"``: torch's dropout draws during ``torch_loss`` are recorded and the JAX side's
+        draws take them, in the same order (see below and :mod:`jaxseq.parity.replay`).
       modules: also compare the forward output of every submodule call (entries of kind
         ``"module"``; see below and :mod:`jaxseq.parity.capture`).
       keep_dtype: top-level batch keys whose floating arrays are given to both sides in their
@@ -156,9 +160,18 @@ def compare_models(torch_model: torch.nn.Module, jax_model: nnx.Module, batch: A
     The report's notes say which inputs were cast (and which kept), which computation dtypes of
     the JAX copy were changed, and which torch attributes were copied detached.
 
-    Dropout: compare in evaluation mode (``eval()`` on both sides), or inject the same masks on
-    both sides (jaxseq's layers take ``dropout_masks=``..., ``torch_ref.dropout`` has the torch
-    twins); torch's and JAX's random streams never agree.
+    Dropout: torch's and JAX's random streams never agree. ``dropout="replay"`` makes a model in
+    training mode comparable, dropout included: every draw of ``nn.Dropout*`` / ``F.dropout*``,
+    the inter-layer dropout of ``nn.LSTM`` / ``GRU`` / ``RNN``, raw ``bernoulli_`` keep draws (AWD-
+    LSTM's) and dropout that stays on in ``eval()`` is recorded, and the JAX side's draws
+    (``nnx.Dropout`` from its own stream or an ``rngs=`` key, jaxseq's ``LockedDropout``,
+    ``EmbeddingDropout``, the layers' ``dropout=`` / ``weight_drop=`` masks, anything drawing
+    through ``jax.random.bernoulli``) take those masks in order, one per step inside jaxseq's
+    decoding loops; a mismatch in count, shape or rate raises a ``ValueError`` listing both
+    sides' draws up to the first difference; alpha dropout and draws inside torch kernels are
+    refused. :mod:`jaxseq.parity.replay` lists what is covered and how a loop of your own takes
+    part. With ``"off"``: compare in evaluation mode, or inject the same masks on both sides
+    (jaxseq's layers take ``dropout_masks=``..., ``torch_ref.dropout`` has the torch twins).
 
     Computation dtypes: in the JAX copy every module's floating ``dtype`` attribute (Flax layers'
     computation dtype: ``nnx.Embed`` defaults it to its ``param_dtype``, float32) is set to
@@ -170,7 +183,8 @@ def compare_models(torch_model: torch.nn.Module, jax_model: nnx.Module, batch: A
       TypeError: a model of the wrong type, a loss function that is not callable or returns
         something else than documented, a torch tensor in ``batch``, a torch model that cannot
         be copied (naming the cause).
-      ValueError: an unknown ``dtype``, a non-scalar loss, output names that differ between the
+      ValueError: an unknown ``dtype`` or ``dropout``, a replay mismatch or a refused draw, a
+        non-scalar loss, output names that differ between the
         sides, a torch loss that does not require grad, ``keep_dtype`` keys not in the batch;
         errors of :func:`jaxseq.load_torch_state_dict` (missing, unknown or mis-shaped keys).
 
@@ -197,18 +211,26 @@ def compare_models(torch_model: torch.nn.Module, jax_model: nnx.Module, batch: A
                             f"{type(fn).__name__}")
     if dtype not in DTYPES:
         raise ValueError(f"dtype must be one of {sorted(DTYPES)}, got {dtype!r}")
+    if dropout not in ("off", "replay"):
+        raise ValueError(f"dropout must be 'off' or 'replay', got {dropout!r}")
     np_dtype = DTYPES[dtype][1]
     inputs = prepare(batch, np_dtype, keep_dtype, lambda x: isinstance(x, torch.Tensor))
 
-    torch_calls = capture.TorchCalls()
-    jax_calls = capture.JaxCalls(record=modules)
+    observe = modules or dropout == "replay"
+    torch_calls = capture.TorchModules(record=modules)
+    torch_draws = replay.TorchDraws(torch_calls)
+    contexts = [torch_calls] if observe else []
     t = torch_side.run(torch_model, inputs, torch_loss, dtype,
-                       contexts=[torch_calls] if modules else [])
+                       contexts=contexts + ([torch_draws] if dropout == "replay" else []))
+    jax_calls = capture.JaxCalls(record=modules)
+    instruments: list[jax_side.Instrument] = [jax_calls] if observe else []
+    if dropout == "replay":
+        instruments.append(replay.JaxReplay(torch_draws.draws, torch_draws.keeps, jax_calls))
     x64 = jax.enable_x64(True) if dtype == "float64" else contextlib.nullcontext()
     with x64, jax.default_matmul_precision("highest"):
         j = jax_side.run(jax_model, inputs, jax_loss, t.state_dict, np_dtype=np_dtype,
                          prefix=prefix, rename=rename, jit=jit,
-                         instruments=[jax_calls] if modules else [],
+                         instruments=instruments,
                          split_result=torch_side.split_result, check=torch_side.check_scalar)
         if set(t.outputs) != set(j.outputs):
             raise ValueError("torch_loss and jax_loss return different outputs: only in torch "
@@ -237,6 +259,9 @@ def compare_models(torch_model: torch.nn.Module, jax_model: nnx.Module, batch: A
     if j.changed:
         notes.append(f"computation dtype set to {dtype} in the JAX copy: {', '.join(j.changed)}")
     notes += t.notes
+    if dropout == "replay":
+        notes.append(f"dropout replayed: {len(torch_draws.draws)} mask(s) drawn by torch, taken "
+                     "by the JAX side in order")
     return ModelReport(dtype, tuple(sorted(entries, key=severity)), tuple(notes))
 
 
