@@ -375,13 +375,14 @@ class TTSConfig:
     learning_rate: float = 5e-3
     clip_norm: float = 1.0
     check_words: int = 4
+    check_dtypes: str = "float64,float32"
     seed: int = 0
 
     @classmethod
     def quick(cls) -> TTSConfig:
         return cls(num_words=200, max_letters=4, embedding_dim=16, rnn_dim=24, prenet_dim=16,
-                   attention_dim=16, postnet_dim=16, batch_size=8, torch_steps=2, steps=20,
-                   check_words=3)
+                   attention_dim=16, postnet_dim=16, batch_size=8, torch_steps=2, steps=10,
+                   check_words=3, check_dtypes="float64")
 
     def hparams(self) -> HParams:
         return HParams(n_symbols=tts_data.N_SYMBOLS, symbols_embedding_dim=self.embedding_dim,
@@ -498,9 +499,9 @@ def main(argv: Optional[Sequence[str]] = None) -> dict[str, Any]:
 
     shown = test_words[:cfg.check_words]
     check_batch = tts_data.make_batch(shown, text_length=max(map(len, shown)),
-                                      num_frames=tts_data.max_frames(shown))
+                                      num_frames=tts_data.max_frames(shown), pad_value=np.nan)
     check_start = time.perf_counter()
-    reports = check(torch_model, jax_model, check_batch)
+    reports = check(torch_model, jax_model, check_batch, cfg.check_dtypes.split(","))
     check_seconds = time.perf_counter() - check_start
     for dtype, report in reports.items():
         report.assert_close(rtol=TOLERANCE[dtype])
@@ -524,8 +525,8 @@ def main(argv: Optional[Sequence[str]] = None) -> dict[str, Any]:
                             f"Tacotron-style port (jaxseq), {cfg.steps} steps, held-out words")
     print(f"plot: {plot}; check {check_seconds:.1f} s; total {time.perf_counter() - start:.1f} s")
     return {"torch_losses": torch_losses, "losses": losses, "test_loss": float(test_loss),
-            "reports": reports, "check_seconds": check_seconds, "train_seconds": train_seconds,
-            "plot": plot}
+            "reports": reports, "check_batch": check_batch, "check_seconds": check_seconds,
+            "train_seconds": train_seconds, "plot": plot}
 
 
 if __name__ == "__main__":

@@ -69,20 +69,23 @@ def word_splits(num_words: int, max_letters: int, *, test_words: int = 8, seed: 
 
 
 def make_batch(words: Sequence[str], *, text_length: int, num_frames: int,
-               columns_per_frame: int = COLUMNS_PER_FRAME) -> dict[str, np.ndarray]:
+               columns_per_frame: int = COLUMNS_PER_FRAME, pad_value: float = 0.0
+               ) -> dict[str, np.ndarray]:
     """A padded batch of ``words`` (fixed padded sizes: one compilation for every batch).
 
     Returns ``{"text": int64 [B, text_length] (0 at padding), "text_lengths": int64 [B],
-    "mels": float32 [B, num_frames, N_MEL] (0 at padding), "stop": float32 [B, num_frames] (1 at
-    each word's last frame), "mel_lengths": int64 [B]}``.
+    "mels": float32 [B, num_frames, N_MEL], "stop": float32 [B, num_frames] (1 at each word's
+    last frame), "mel_lengths": int64 [B]}``; ``mels`` and ``stop`` hold ``pad_value`` at the
+    padded frames (NaN shows that padding reaches nothing).
 
     Raises:
       ValueError: a word longer than ``text_length`` letters or ``num_frames`` frames.
     """
     B = len(words)
     batch = {"text": np.zeros((B, text_length), np.int64), "text_lengths": np.zeros(B, np.int64),
-             "mels": np.zeros((B, num_frames, N_MEL), np.float32),
-             "stop": np.zeros((B, num_frames), np.float32), "mel_lengths": np.zeros(B, np.int64)}
+             "mels": np.full((B, num_frames, N_MEL), pad_value, np.float32),
+             "stop": np.full((B, num_frames), pad_value, np.float32),
+             "mel_lengths": np.zeros(B, np.int64)}
     for b, word in enumerate(words):
         frames = render_frames(word, columns_per_frame)
         if len(word) > text_length or len(frames) > num_frames:
@@ -91,6 +94,7 @@ def make_batch(words: Sequence[str], *, text_length: int, num_frames: int,
         batch["text"][b, :len(word)] = encode(word)
         batch["text_lengths"][b] = len(word)
         batch["mels"][b, :len(frames)] = frames
+        batch["stop"][b, :len(frames)] = 0.0
         batch["stop"][b, len(frames) - 1] = 1.0
         batch["mel_lengths"][b] = len(frames)
     return batch

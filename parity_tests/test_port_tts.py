@@ -15,16 +15,29 @@
 from __future__ import annotations
 
 import dataclasses
+import inspect
 
+import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 import torch
+from flax import nnx
+
+import jaxseq
+from jaxseq.parity import compare_models
 
 pytest.importorskip("wordfreq")
 pytest.importorskip("PIL")
 
 from examples import port_tts, tts_data  # noqa: E402
 from torch_ref import tts as torch_tts  # noqa: E402
+
+#: ``compare_models(dropout="replay")`` (issue 23's dropout replay) is in this jaxseq.
+REPLAY = "dropout" in inspect.signature(compare_models).parameters
+needs_replay = pytest.mark.skipif(
+    not REPLAY, reason="compare_models(dropout='replay') is missing from this jaxseq (issue 23, "
+    "item 2): the train-mode check of a model whose dropout stays on cannot run without it")
 
 HP = torch_tts.HParams()
 #: Every dropout off: the torch model alone is then deterministic.
@@ -37,14 +50,10 @@ COLUMNS = 4          # pixel columns per frame: 6 to 10 decoder steps for these 
 
 def words_batch(words=WORDS, *, extra_letters: int = 0, extra_frames: int = 0,
                 padding: float = 0.0) -> dict[str, np.ndarray]:
-    """:func:`tts_data.make_batch` of ``words`` with ``padding`` written at every padded frame."""
-    batch = tts_data.make_batch(words, text_length=max(map(len, words)) + extra_letters,
-                                num_frames=tts_data.max_frames(words, COLUMNS) + extra_frames,
-                                columns_per_frame=COLUMNS)
-    padded = np.arange(batch["mels"].shape[1]) >= batch["mel_lengths"][:, None]
-    batch["mels"][padded] = padding
-    batch["stop"][padded] = padding
-    return batch
+    """:func:`tts_data.make_batch` of ``words`` with ``padding`` at every padded frame."""
+    return tts_data.make_batch(words, text_length=max(map(len, words)) + extra_letters,
+                               num_frames=tts_data.max_frames(words, COLUMNS) + extra_frames,
+                               columns_per_frame=COLUMNS, pad_value=padding)
 
 
 def float64(batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
@@ -128,3 +137,121 @@ def test_torch_decoder_keeps_the_loop_state_as_tensor_attributes():
     assert model.decoder.processed_memory.grad_fn is not None
     with pytest.raises(RuntimeError, match="graph leaves"):
         copy.deepcopy(model)
+
+
+# -- the port -------------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def ported():
+    """The torch model after two Adam steps (moved batch-norm statistics, a decoder holding the
+    last forward pass's tensors) and its NNX twin loaded from its ``state_dict``."""
+    torch.manual_seed(0)
+    torch_model = torch_tts.Tacotron(HP)
+    cfg = port_tts.TTSConfig(batch_size=4, learning_rate=1e-3)
+    words = ("the", "of", "and", "to", "in", "is", "for", "that")
+    port_tts.train_torch(torch_model, port_tts.training_batches(
+        words, cfg, 2, 0, text_length=4, num_frames=tts_data.max_frames(words)), cfg)
+    jax_model = port_tts.Tacotron(HP, rngs=nnx.Rngs(params=0, dropout=1))
+    jaxseq.load_torch_state_dict(jax_model, torch_model.state_dict())
+    return torch_model, jax_model
+
+
+def check(ported, dtype: str = "float64"):
+    """``port_tts.check`` (training mode, dropout replayed, modules) on :func:`words_batch` with
+    NaN at every padded frame."""
+    (report,) = port_tts.check(*ported, words_batch(padding=np.nan), (dtype,),
+                               verbose=False).values()
+    return report
+
+
+@needs_replay
+def test_quick_run_checks_the_port_in_training_mode_then_trains_it(tmp_path):
+    """``port_tts.py --quick``: two torch steps, the port loaded from the saved ``state_dict``, one
+    ``compare_models`` call in training mode (float64, every entry within 1e-10, dropout
+    replayed, every module compared), ten Adam steps of the port, a plot."""
+    figures = port_tts.main(["--quick", "--out", str(tmp_path)])
+    (dtype, report), = figures["reports"].items()
+    assert dtype == "float64"
+    report.assert_close()                                        # rtol 1e-10, every entry
+    assert report.first_divergence() is None
+    batch = figures["check_batch"]
+    T = batch["mels"].shape[1]                                   # decoder steps
+    assert np.isnan(batch["mels"]).any() and T >= 10             # NaN at every padded frame
+    modules = {e.name for e in report.entries if e.kind == "module"}
+    for path in ("embedding", "encoder.convolutions.0.conv", "encoder.convolutions.1.norm",
+                 "encoder.dropout[1]", "encoder.lstm:0", "decoder.attention_layer.memory_layer",
+                 "postnet.convolutions.2.norm", "postnet"):
+        assert path in modules, path
+    for path in ("decoder.prenet.layers.1[{}]", "decoder.attention_rnn[{}]:0",      # one per step
+                 "decoder.attention_layer[{}]:1",                            # the weights
+                 "decoder.attention_layer.location_layer.location_conv[{}]",
+                 "decoder.gate_layer[{}]"):
+        assert {path.format(t) for t in range(T)} <= modules, path
+        assert path.format(T) not in modules
+    draws = 2 + 4 * T + 3                   # encoder, per step (prenet x2, both cells), postnet
+    assert f"dropout replayed: {draws} mask(s) drawn by torch, taken by the JAX side in order" \
+        in report.notes
+    assert report.entry("buffer", "postnet.convolutions.1.norm.num_batches_tracked").scale == 3
+    assert {e.name for e in report.entries if e.kind == "input_grad"} == {"mels", "stop"}
+    assert any("autograd history" in n and "decoder.processed_memory" in n for n in report.notes)
+    losses = figures["losses"]
+    assert len(losses) == 10 and np.mean(losses[-3:]) < np.mean(losses[:3])
+    assert np.isfinite(figures["test_loss"]) and figures["plot"].stat().st_size > 10_000
+
+
+@needs_replay
+@pytest.mark.slow
+def test_train_mode_float32(ported):
+    report = check(ported, "float32")
+    report.assert_close(rtol=port_tts.TOLERANCE["float32"])
+    assert report.first_divergence(rtol=port_tts.TOLERANCE["float32"]) is None
+
+
+def _unmasked_attention(self, query, memory, processed_memory, attention_weights_cat, lengths):
+    """``port_tts.Attention.__call__`` as a port might have it: softmax over every position,
+    padding included (the mask forgotten)."""
+    energies = self.v(jnp.tanh(self.query_layer(query)[:, None]
+                               + self.location_layer(attention_weights_cat)
+                               + processed_memory))[..., 0]
+    weights = jax.nn.softmax(energies, axis=-1)
+    return jnp.einsum("bs,bse->be", weights, memory), weights
+
+
+def _plant(bug: str, jax_model: port_tts.Tacotron, monkeypatch) -> None:
+    if bug == "encoder conv padding":           # window shifted by one: same length, other values
+        monkeypatch.setattr(jax_model.encoder.convolutions[0].conv, "padding", [(1, 3)])
+    elif bug == "attention without mask":
+        monkeypatch.setattr(port_tts.Attention, "__call__", _unmasked_attention)
+    else:                                       # torch's eps is 1e-5
+        monkeypatch.setattr(jax_model.postnet.convolutions[1].norm, "eps", 1e-3)
+
+
+@needs_replay
+@pytest.mark.parametrize("bug, where", [
+    pytest.param("encoder conv padding", "encoder.convolutions.0.conv", marks=pytest.mark.slow),
+    ("attention without mask", "decoder.attention_layer[0]:0"),
+    pytest.param("postnet batch-norm eps", "postnet.convolutions.1.norm", marks=pytest.mark.slow),
+])
+def test_first_divergence_names_the_module_with_the_planted_bug(ported, monkeypatch, bug, where):
+    """The bug changes the loss and gradients everywhere downstream; the first module entry that
+    fails, in torch's order of calls, is the module with the bug (the example file is unchanged:
+    an attribute of the JAX model or a method of its class is patched). One compilation each
+    (about 6 s of CPU): the bug inside the decoder loop runs by default, the other two with
+    ``-m slow``."""
+    _plant(bug, ported[1], monkeypatch)
+    report = check(ported)
+    first = report.first_divergence()
+    assert first is not None and (first.kind, first.name) == ("module", where)
+    assert first.relative > 1e-4
+    assert report.entry("loss", "loss").relative > 1e-7                  # the symptom
+    passing = [e for e in report.entries if e.kind == "module" and e.order < first.order]
+    assert passing and all(e.passes(1e-10) for e in passing)            # everything before it
+
+
+@needs_replay
+@pytest.mark.slow
+def test_full_run_checks_both_dtypes(tmp_path):
+    figures = port_tts.main(["--out", str(tmp_path)])
+    for dtype, report in figures["reports"].items():
+        report.assert_close(rtol=port_tts.TOLERANCE[dtype])
+    assert set(figures["reports"]) == {"float64", "float32"}
+    assert np.mean(figures["losses"][-50:]) < 0.5 * np.mean(figures["losses"][:50])
