@@ -202,8 +202,8 @@ def test_quick_run_checks_the_port_in_training_mode_then_trains_it(tmp_path):
 @pytest.mark.slow
 def test_train_mode_float32(ported):
     report = check(ported, "float32")
-    report.assert_close(rtol=port_tts.TOLERANCE["float32"])
-    assert report.first_divergence(rtol=port_tts.TOLERANCE["float32"]) is None
+    report.assert_close()                                        # rtol 1e-5, every entry
+    assert report.first_divergence() is None
 
 
 def _unmasked_attention(self, query, memory, processed_memory, attention_weights_cat, lengths):
@@ -251,7 +251,7 @@ def test_first_divergence_names_the_module_with_the_planted_bug(ported, monkeypa
 @pytest.mark.slow
 def test_full_run_checks_both_dtypes(tmp_path):
     figures = port_tts.main(["--out", str(tmp_path)])
-    for dtype, report in figures["reports"].items():
-        report.assert_close(rtol=port_tts.TOLERANCE[dtype])
+    for report in figures["reports"].values():
+        report.assert_close()
     assert set(figures["reports"]) == {"float64", "float32"}
     assert np.mean(figures["losses"][-50:]) < 0.5 * np.mean(figures["losses"][:50])
