@@ -1,8 +1,8 @@
 """Port a Tacotron-style text-to-speech model (conv + batch-norm encoder, BiLSTM, an attention
 decoder loop of LSTM cells, a postnet) from torch to JAX, prove it equal, and train it.
 
-    python examples/port_tts.py --quick     # a tiny model, a few training steps
-    python examples/port_tts.py             # 500 Adam steps
+    python examples/port_tts.py --quick     # toy sizes, float64 check, 10 steps: ~40 s of CPU
+    python examples/port_tts.py             # both dtypes, 500 Adam steps: ~75 s of CPU
 
 1. trains :class:`torch_ref.tts.Tacotron` (NVIDIA Tacotron 2's structure at a toy size) for a few
    steps, saves its ``state_dict`` and loads it into the NNX twin :class:`Tacotron` here
@@ -10,7 +10,8 @@ decoder loop of LSTM cells, a postnet) from torch to JAX, prove it equal, and tr
 2. checks the port with one :func:`jaxseq.parity.compare_models` call per dtype, in training mode
    (batch statistics, every dropout on) with torch's dropout draws replayed on the JAX side
    (``dropout="replay"``) and the output of every submodule compared (``modules=True``), in
-   float64 and float32;
+   float64 and float32 (``--check-dtypes``), every entry within ``assert_close``'s default
+   tolerance (1e-10 and 1e-5 relative);
 3. trains the JAX twin (Adam, ``optax``) on words rendered as "spectrograms"
    (:mod:`examples.tts_data`: each frame is a column strip of the word drawn in DejaVu Sans) and
    plots teacher-forced predictions and attention alignments of held-out words to
