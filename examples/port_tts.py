@@ -63,6 +63,7 @@ from jaxseq.parity.models import ModelReport
 from torch_ref import tts as torch_tts
 from torch_ref.tts import HParams
 
+
 # ------------------------------------------------------------------------------------------------
 # The NNX twin
 # ------------------------------------------------------------------------------------------------
