@@ -18,7 +18,6 @@ of the three planted bugs, the full example.
 from __future__ import annotations
 
 import dataclasses
-import inspect
 
 import jax
 import jax.numpy as jnp
@@ -28,19 +27,12 @@ import torch
 from flax import nnx
 
 import jaxseq
-from jaxseq.parity import compare_models
 
 pytest.importorskip("wordfreq")
 pytest.importorskip("PIL")
 
-from examples import port_tts, tts_data  # noqa: E402
-from torch_ref import tts as torch_tts  # noqa: E402
-
-#: ``compare_models(dropout="replay")`` (issue 23's dropout replay) is in this jaxseq.
-REPLAY = "dropout" in inspect.signature(compare_models).parameters
-needs_replay = pytest.mark.skipif(
-    not REPLAY, reason="compare_models(dropout='replay') is missing from this jaxseq (issue 23, "
-    "item 2): the train-mode check of a model whose dropout stays on cannot run without it")
+from examples import port_tts, tts_data
+from torch_ref import tts as torch_tts
 
 HP = torch_tts.HParams()
 #: Every dropout off: the torch model alone is then deterministic.
@@ -166,7 +158,6 @@ def check(ported, dtype: str = "float64"):
     return report
 
 
-@needs_replay
 def test_quick_run_checks_the_port_in_training_mode_then_trains_it(tmp_path):
     """``port_tts.py --quick``: two torch steps, the port loaded from the saved ``state_dict``, one
     ``compare_models`` call in training mode (float64, every entry within 1e-10, dropout
@@ -201,7 +192,6 @@ def test_quick_run_checks_the_port_in_training_mode_then_trains_it(tmp_path):
     assert np.isfinite(figures["test_loss"]) and figures["plot"].stat().st_size > 10_000
 
 
-@needs_replay
 @pytest.mark.slow
 def test_train_mode_float32(ported):
     report = check(ported, "float32")
@@ -228,7 +218,6 @@ def _plant(bug: str, jax_model: port_tts.Tacotron, monkeypatch) -> None:
         monkeypatch.setattr(jax_model.postnet.convolutions[1].norm, "eps", 1e-3)
 
 
-@needs_replay
 @pytest.mark.parametrize("bug, where", [
     pytest.param("encoder conv padding", "encoder.convolutions.0.conv", marks=pytest.mark.slow),
     ("attention without mask", "decoder.attention_layer[0]:0"),
@@ -250,7 +239,6 @@ def test_first_divergence_names_the_module_with_the_planted_bug(ported, monkeypa
     assert passing and all(e.passes(1e-10) for e in passing)            # everything before it
 
 
-@needs_replay
 @pytest.mark.slow
 def test_full_run_checks_both_dtypes(tmp_path):
     figures = port_tts.main(["--out", str(tmp_path)])
