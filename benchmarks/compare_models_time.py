@@ -1,6 +1,6 @@
 """Where the time of one ``compare_models`` call on a decoder-loop model goes.
 
-    python -m benchmarks.compare_models_time [--steps T] [--variants a,b] [--repeat N]
+    python -m benchmarks.compare_models_time [--steps T] [--variants a,b]
 
 The model: an attention decoder (embedding -> packed BiLSTM encoder -> ``T`` decoder steps of a
 ``LSTMCell`` fed a prenet of the previous frame and the attention context, dot attention over the
@@ -12,10 +12,24 @@ written in ``jnp``. For each variant, from cold caches (``jax.clear_caches()``):
 * ``call``: the wall time of one ``compare_models`` call (float64), and of a second call with the
   same shapes (cached compilation);
 * the JAX side alone, as ``compare_models`` runs it: tracing + lowering of the loss and its
-  gradient (``jax.jit(...).lower``), XLA compilation (``.compile()``), one run; and the same for
-  the loss without its gradient.
+  gradient (``jax.jit(...).lower``), XLA compilation with ``compare_models``' options
+  (:data:`jaxseq.parity.jax_side.COMPILER_OPTIONS`) and with XLA's defaults, one run; and the
+  same for the loss without its gradient.
 
-Times are wall clock on this machine (name printed); process CPU time in brackets.
+Times are wall clock on this machine (name printed); process CPU time in brackets. Measured on
+the 2-core AMD EPYC (load average 6-14 from other jobs: read the CPU seconds), T = 40, CPU s::
+
+    variant        trace+lower  grad, O0  grad, XLA defaults  loss, O0
+    scan-jaxseq    0.28         1.66      3.52                0.62
+    scan-jnp       0.32         1.95      3.61                0.57
+    python-jaxseq  1.35         12.32     27.62               1.81
+    python-jnp     1.37         12.29     26.15               1.92
+
+(the last three columns: XLA compilation of the loss and its gradient, or of the loss alone).
+A first ``compare_models`` call (cold, after a warm-up call on another model; min over 2-3 runs,
+CPU s) before issue 23's changes (main at 8bbf92f: XLA defaults, eager casts compiling per
+shape) and after:
+scan-jaxseq 4.3 -> 3.1, scan-jnp 4.6 -> 3.5, python-jaxseq 33.9 -> 17.1, python-jnp 34.1 -> 15.8.
 """
 from __future__ import annotations
 
@@ -35,6 +49,7 @@ from torch import nn
 
 import jaxseq
 from jaxseq.parity import compare_models
+from jaxseq.parity.jax_side import COMPILER_OPTIONS
 
 V, E, H, M = 20, 16, 32, 8          # vocabulary, embedding, hidden, frame size
 B, S = 4, 12                        # batch, encoder steps
@@ -150,7 +165,8 @@ def _timed(fn: Callable[[], Any]) -> tuple[Any, float, float]:
     return result, time.perf_counter() - wall, time.process_time() - cpu
 
 
-def jax_side(model: nnx.Module, batch: dict[str, np.ndarray], grad: bool) -> dict[str, float]:
+def jax_side(model: nnx.Module, batch: dict[str, np.ndarray], grad: bool,
+             options: dict[str, Any]) -> dict[str, float]:
     """Trace + lower, XLA compile and one run of the loss (and its gradient) in float64, as
     ``compare_models`` runs them (parameters and the floating batch leaves differentiated)."""
     with jax.enable_x64(True):
@@ -164,7 +180,7 @@ def jax_side(model: nnx.Module, batch: dict[str, np.ndarray], grad: bool) -> dic
 
         fn = jax.jit(jax.value_and_grad(loss, argnums=(0, 1), has_aux=True) if grad else loss)
         lowered, t_lower, c_lower = _timed(lambda: fn.lower(params, floats, others))
-        compiled, t_compile, c_compile = _timed(lowered.compile)
+        compiled, t_compile, c_compile = _timed(lambda: lowered.compile(options))
         _, t_run, _ = _timed(lambda: jax.block_until_ready(compiled(params, floats, others)))
     return {"trace+lower": t_lower, "trace+lower cpu": c_lower, "compile": t_compile,
             "compile cpu": c_compile, "run": t_run}
@@ -191,14 +207,16 @@ def main(argv: Any = None) -> None:
         report, t_first, c_first = _timed(call)
         _, t_second, _ = _timed(call)
         report.assert_close(rtol=1e-9)
-        jax.clear_caches()
-        parts = {"grad": jax_side(port, batch, True)}
-        jax.clear_caches()
-        parts["loss"] = jax_side(port, batch, False)
+        parts = {}
+        for what, grad, options in (("grad", True, COMPILER_OPTIONS),
+                                    ("grad, XLA defaults", True, {}),
+                                    ("loss", False, COMPILER_OPTIONS)):
+            jax.clear_caches()
+            parts[what] = jax_side(port, batch, grad, options)
         print(f"{variant:14s} call {t_first:6.2f} s [{c_first:6.2f}]  again {t_second:5.2f} s  "
               f"worst {report.worst():.1e}")
         for what, p in parts.items():
-            print(f"  {what:4s}: trace+lower {p['trace+lower']:6.2f} s [{p['trace+lower cpu']:6.2f}]"
+            print(f"  {what:18s}: trace+lower {p['trace+lower']:6.2f} s [{p['trace+lower cpu']:6.2f}]"
                   f"  compile {p['compile']:6.2f} s [{p['compile cpu']:6.2f}]  run {p['run']:.3f} s")
 
 

@@ -16,6 +16,7 @@ from torch import nn
 
 import jaxseq
 from jaxseq.parity import compare_models
+from parity_tests.compiles import count_compiles
 from torch_ref.awd import RNNModel
 
 V, E, H, B, T = 10, 4, 5, 3, 6
@@ -215,13 +216,16 @@ def _frames():
 
 def test_decoder_loop_takes_one_mask_per_step_with_modules():
     """The dropout inside ``teacher_forcing``'s step (its own stream, on in eval) takes torch's
-    mask of each step; with ``modules=True`` in the same compilation, every step's entries."""
+    mask of each step; with ``modules=True`` in the same compilation, every step's entries (the
+    casts and transfers around it compile nothing)."""
     torch.manual_seed(2)
     torch_model = TorchDecoder().eval()
     jax_model = JaxDecoder(nnx.Rngs(2))
     jax_model.eval()
-    report = compare_models(torch_model, jax_model, _frames(), torch_loss=_decoder_loss,
-                            jax_loss=_decoder_loss, dropout="replay", modules=True)
+    with count_compiles() as compiles:          # captures and masks: one compilation with the grads
+        report = compare_models(torch_model, jax_model, _frames(), torch_loss=_decoder_loss,
+                                jax_loss=_decoder_loss, dropout="replay", modules=True)
+    assert compiles.names == ["jit(step)"]
     report.assert_close(rtol=1e-10)
     assert report.notes[-1].startswith(f"dropout replayed: {T} mask(s)")
     assert {f"cell[{t}]:0" for t in range(T)} <= {e.name for e in report.entries}

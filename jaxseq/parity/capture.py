@@ -248,7 +248,8 @@ class JaxCalls(Instrument, hooks.Observer):
             else:
                 self.skipped.setdefault(path, "called inside a JAX transformation that is not a "
                                               "jaxseq decoding loop (a lax.scan, nnx.scan, vmap, "
-                                              "remat...), where its outputs cannot be recorded")
+                                              "remat, an inner jit...), where its outputs cannot "
+                                              "be recorded")
         return output
 
     @contextlib.contextmanager

@@ -452,7 +452,7 @@ class JaxReplay(Instrument, hooks.Observer):
     def __init__(self, draws: Sequence[Draw], keeps: Sequence[np.ndarray], calls: JaxCalls):
         self.torch_draws = list(draws)
         self.key = ("replay", tuple(self.torch_draws))
-        self.inputs = tuple(jnp.asarray(k) for k in keeps)
+        self.inputs = tuple(jax.device_put(k) for k in keeps)
         self.calls = calls
         self.sources: list[_Source] = []
         self.log: list[Draw] = []
@@ -472,7 +472,8 @@ class JaxReplay(Instrument, hooks.Observer):
             if source.trace is not None and source.trace != _trace_state():
                 raise ValueError(
                     f"dropout replay: {draw.describe()} is drawn inside a JAX transformation "
-                    "that is not a jaxseq decoding loop (a lax.scan, nnx.scan, vmap, remat...), "
+                    "that is not a jaxseq decoding loop (a lax.scan, nnx.scan, vmap, remat, an inner "
+                    "jit...), "
                     "where it cannot get one mask per iteration. Run the loop with "
                     "jaxseq.teacher_forcing(step, carry, xs, batch_first=False), which is "
                     "lax.scan(step, carry, xs) with the hooks replay needs")
