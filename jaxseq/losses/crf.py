@@ -47,6 +47,7 @@ from jaxseq.segments import (
     sequence_ends,
     sequence_starts,
 )
+from jaxseq.torch_attributes import TorchAttributes
 from jaxseq.validation import (
     check_floating,
     check_lengths,
@@ -500,7 +501,7 @@ def paths_to_lists(paths: Any, segment_ids: Any = None, *, batch_first: bool = F
 # --------------------------------------------------------------------------------------------
 # The module
 # --------------------------------------------------------------------------------------------
-class CRF(nnx.Module):
+class CRF(TorchAttributes, nnx.Module):
     """Twin of ``torchcrf.CRF(num_tags, batch_first)`` (pytorch-crf 0.7.2).
 
     Parameters (``nnx.Param``), named and shaped as pytorch-crf's, each ``U(-0.1, 0.1)``:
@@ -514,6 +515,8 @@ class CRF(nnx.Module):
       rngs: ``rngs.params()`` draws the initial values.
       param_dtype: the parameters' dtype, which is also the compute dtype (default float32).
 
+    Attributes ``num_tags`` and ``batch_first`` are pytorch-crf's, read-only.
+
     Raises:
       TypeError / ValueError: ``num_tags`` not an integer ``>= 1``, ``param_dtype`` not floating.
 
@@ -526,14 +529,25 @@ class CRF(nnx.Module):
     [4, 2]
     """
 
+    TORCH_ATTRIBUTES = ("num_tags", "batch_first")
+
     def __init__(self, num_tags: int, batch_first: bool = False, *, rngs: nnx.Rngs,
                  param_dtype: Any = jnp.float32):
         num_tags = check_size(num_tags, "num_tags")
-        self.num_tags, self.batch_first = num_tags, bool(batch_first)
+        self._batch_first = bool(batch_first)
         values = init_crf_params(rngs.params(), num_tags, param_dtype)
         self.start_transitions = nnx.Param(values.start_transitions)
         self.end_transitions = nnx.Param(values.end_transitions)
         self.transitions = nnx.Param(values.transitions)
+
+    @property
+    def num_tags(self) -> int:
+        """``K``, from the parameters' shape."""
+        return int(self.transitions.shape[-1])
+
+    @property
+    def batch_first(self) -> bool:
+        return self._batch_first
 
     def crf_params(self) -> CRFParams:
         """The current parameter values, for :func:`crf_log_likelihood` / :func:`crf_decode`."""
