@@ -7,6 +7,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 import jaxseq
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -43,6 +45,19 @@ def test_parity_console_script_runs_from_any_directory(tmp_path):
     done = subprocess.run(command + ["--help"], cwd=tmp_path, capture_output=True, text=True,
                           timeout=120)
     assert done.returncode == 0 and "parity table" in done.stdout, done.stderr
+
+
+def test_parity_help_is_plain_text_with_every_default(capsys):
+    from jaxseq.parity import report
+
+    with pytest.raises(SystemExit) as done:
+        report.main(["--help"])
+    text = capsys.readouterr().out
+    assert done.value.code == 0 and "``" not in text and ":func:" not in text
+    options = [a for a in report.parser()._actions if a.dest != "help"]
+    assert options and all("(default: %(default)s)" in a.help for a in options)
+    assert "(default: both)" in " ".join(text.split())
+    assert "tolerance (float64\n1e-10, float32 1e-5), 1 otherwise" in text
 
 
 def test_one_version():
