@@ -71,7 +71,7 @@ from flax.nnx.module import first_from
 from jaxseq.masking import length_mask
 from jaxseq.segments import check_segment_ids
 from jaxseq.torch_attributes import TorchAttributes
-from jaxseq.validation import check_floating, check_lengths, check_size, is_concrete
+from jaxseq.validation import check_floating, check_lengths, check_size, is_concrete, rejects_torch
 
 
 class RunningStats(NamedTuple):
@@ -157,6 +157,7 @@ def _check_valid(valid: Any, x_shape: tuple[int, ...]) -> jax.Array:
     return jnp.asarray(valid)
 
 
+@rejects_torch
 def batch_norm(x: jax.Array, weight: Optional[jax.Array] = None, bias: Optional[jax.Array] = None,
                running: Optional[RunningStats] = None, *, valid: Optional[jax.Array] = None,
                training: bool = False, momentum: Optional[float] = 0.1, eps: float = 1e-5
@@ -237,7 +238,7 @@ def _valid_positions(x: jax.Array, lengths: Any, segment_ids: Any, mask: Any, ba
                          f"{given[0]}, got shape {jnp.shape(x)}")
     T, B = (x.shape[1], x.shape[0]) if batch_first else (x.shape[0], x.shape[1])
     if lengths is not None:
-        valid = length_mask(check_lengths(lengths, T, B), T)              # [B, T]
+        valid = length_mask(check_lengths(lengths, T, B, batch_first=batch_first), T)   # [B, T]
         return valid if batch_first else valid.T
     # every segment occupies >= 1 step, so T bounds the number of segments
     ids, _ = check_segment_ids(segment_ids, T, B, T, batch_first=batch_first)   # [T, B]
@@ -334,6 +335,7 @@ class BatchNorm(TorchAttributes, nnx.Module):
         return (f"BatchNorm({self.num_features}, eps={self.eps}, momentum={self.momentum}, "
                 f"affine={self.affine}, track_running_stats={self.track_running_stats})")
 
+    @rejects_torch
     def __call__(self, x: jax.Array, lengths: Optional[jax.Array] = None, *,
                  segment_ids: Optional[jax.Array] = None, mask: Optional[jax.Array] = None,
                  batch_first: Optional[bool] = None,

@@ -21,7 +21,7 @@ from jaxseq import functional
 from jaxseq import init as initializers
 from jaxseq.layout import Structure, cell_param_shapes
 from jaxseq.torch_attributes import TorchAttributes
-from jaxseq.validation import check_floating, check_size
+from jaxseq.validation import check_floating, check_size, rejects_torch
 
 
 class CellBase(TorchAttributes, nnx.Module):
@@ -74,6 +74,7 @@ class CellBase(TorchAttributes, nnx.Module):
         """``{torch name: current value}`` (the ``params`` of :func:`jaxseq.functional.cell_step`)."""
         return {name: getattr(self, name)[...] for name in self.param_shapes()}
 
+    @rejects_torch
     def __call__(self, x: jax.Array, hx: Any = None) -> Any:
         """One step: ``x [B, I]`` (or unbatched ``[I]``), ``hx`` as torch; see the subclasses."""
         return functional.cell_step(self.mode, self.param_dict(), x, hx)

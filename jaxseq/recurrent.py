@@ -24,7 +24,7 @@ from jaxseq.layout import Structure, describe, param_name, param_shapes
 from jaxseq.scan import Staircase, scan_options
 from jaxseq.segments import infer_max_segments
 from jaxseq.torch_attributes import TorchAttributes
-from jaxseq.validation import check_floating, check_size
+from jaxseq.validation import check_floating, check_size, rejects_torch
 
 
 class RecurrentBase(TorchAttributes, nnx.Module):
@@ -198,6 +198,7 @@ class RecurrentBase(TorchAttributes, nnx.Module):
                          x.shape[0 if self.batch_first else 1] if x.ndim == 3 else 1, max_segments)
         return _draw_masks(key, spec=spec)
 
+    @rejects_torch
     def __call__(self, x: jax.Array, lengths: Optional[jax.Array] = None, hx: Any = None, *,
                  segment_ids: Optional[jax.Array] = None, max_segments: Optional[int] = None,
                  deterministic: Optional[bool] = None,

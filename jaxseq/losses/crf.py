@@ -54,6 +54,8 @@ from jaxseq.validation import (
     check_size,
     host_array,
     is_concrete,
+    layout_hint,
+    rejects_torch,
     traced_policy,
 )
 
@@ -287,8 +289,9 @@ def _check_mask(mask: Any, max_len: int, batch: int, batch_first: bool) -> jax.A
                         "mask.astype(bool))")
     want = (batch, max_len) if batch_first else (max_len, batch)
     if tuple(mask.shape) != want:
+        hint = "." + layout_hint(batch_first) if tuple(mask.shape) == want[::-1] else ""
         raise ValueError(f"the first two dimensions of `emissions` and `mask` must match, got "
-                         f"{want} and {tuple(mask.shape)}")
+                         f"{want} and {tuple(mask.shape)}{hint}")
     rule = ("`mask` must be a prefix of each row (True for t < its length, then False); "
             "row {} breaks this at t = {} (value {})")
     if is_concrete(mask):
@@ -328,7 +331,7 @@ def _bounds(shape: tuple[int, ...], mask: Any, lengths: Any, segment_ids: Any,
         return _Bounds(_check_mask(mask, max_len, batch, batch_first), None, 1)
     if lengths is None:
         return _Bounds(jnp.full((batch,), max_len, jnp.int32), None, 1)
-    return _Bounds(check_lengths(lengths, max_len, batch), None, 1)
+    return _Bounds(check_lengths(lengths, max_len, batch, batch_first=batch_first), None, 1)
 
 
 def _check_tags(tags: Any, shape: tuple[int, ...], bounds: _Bounds, num_tags: int,
@@ -361,6 +364,7 @@ def _check_tags(tags: Any, shape: tuple[int, ...], bounds: _Bounds, num_tags: in
 # --------------------------------------------------------------------------------------------
 # Public functions
 # --------------------------------------------------------------------------------------------
+@rejects_torch
 def crf_log_likelihood(params: CRFParams, emissions: jax.Array, tags: jax.Array,
                        mask: Optional[jax.Array] = None, *, lengths: Optional[jax.Array] = None,
                        segment_ids: Optional[jax.Array] = None, max_segments: Optional[int] = None,
@@ -426,6 +430,7 @@ def crf_log_likelihood(params: CRFParams, emissions: jax.Array, tags: jax.Array,
                                 batch_first=batch_first)
 
 
+@rejects_torch
 def crf_decode(params: CRFParams, emissions: jax.Array, mask: Optional[jax.Array] = None, *,
                lengths: Optional[jax.Array] = None, segment_ids: Optional[jax.Array] = None,
                max_segments: Optional[int] = None, batch_first: bool = False) -> jax.Array:
@@ -457,6 +462,7 @@ def crf_decode(params: CRFParams, emissions: jax.Array, mask: Optional[jax.Array
     return _decode_core(params, emissions, bounds.lengths, bounds.ids, batch_first=batch_first)
 
 
+@rejects_torch
 def paths_to_lists(paths: Any, segment_ids: Any = None, *, batch_first: bool = False) -> list:
     """Host-side: Viterbi paths as Python lists of tags, one list per sequence.
 
@@ -554,6 +560,7 @@ class CRF(TorchAttributes, nnx.Module):
         return CRFParams(self.start_transitions[...], self.end_transitions[...],
                          self.transitions[...])
 
+    @rejects_torch
     def __call__(self, emissions: jax.Array, tags: jax.Array, mask: Optional[jax.Array] = None,
                  reduction: str = "sum", *, lengths: Optional[jax.Array] = None,
                  segment_ids: Optional[jax.Array] = None,
@@ -563,6 +570,7 @@ class CRF(TorchAttributes, nnx.Module):
                                   segment_ids=segment_ids, max_segments=max_segments,
                                   reduction=reduction, batch_first=self.batch_first)
 
+    @rejects_torch
     def decode(self, emissions: jax.Array, mask: Optional[jax.Array] = None, *,
                lengths: Optional[jax.Array] = None, segment_ids: Optional[jax.Array] = None,
                max_segments: Optional[int] = None) -> jax.Array:
