@@ -161,6 +161,44 @@ def test_char_lm_first_sgd_steps_match_torch(tiny_data):
                                atol=1e-12)
 
 
+# -- grain pipelines and --quick runs ----------------------------------------------------------
+def test_char_lm_grain_batches_cover_every_character_once(tiny_data):
+    """Packed and padded: every word of the split once (its characters + EOS as targets), in
+    batches of one static shape."""
+    words = tiny_data.valid.words
+    want = sorted(list(tiny_data.encode(w)) + [EOS] for w in words)
+    rows = char_lm.rows_per_batch(tiny_data, 16)
+    for packed in (True, False):
+        got, shapes = [], set()
+        for inputs, layout, targets in char_lm.arrays(tiny_data, "valid", 16, packed=packed,
+                                                      shuffle=True, seed=4):
+            inputs, layout, targets = (np.asarray(a) for a in (inputs, layout, targets))
+            shapes.add(inputs.shape)
+            if packed:
+                spans = [(b, layout[b] == s) for b in range(len(layout))
+                         for s in range(1, layout[b].max() + 1)]
+            else:
+                spans = [(b, np.arange(inputs.shape[1]) < n) for b, n in enumerate(layout) if n]
+            for b, where in spans:
+                assert inputs[b][where][0] == BOS
+                np.testing.assert_array_equal(inputs[b][where][1:], targets[b][where][:-1])
+                got.append(list(targets[b][where]))
+        assert sorted(got) == want
+        if packed:
+            assert shapes == {(rows, char_lm.ROW_LENGTH)}
+        else:
+            assert all(b == 16 and t % 8 == 0 for b, t in shapes)
+
+
+def test_quick_runs_train_on_grain_pipelines(tmp_path):
+    """``--quick`` of the two grain examples, cut to a few steps: they run end to end and learn."""
+    budget = ["--quick", "--words-per-language", "200", "--epochs", "1", "--max-steps", "12",
+              "--learning-rate", "0.01", "--out", str(tmp_path)]
+    perplexity = char_lm.main(budget)                     # packed rows; uniform would be 60
+    accuracy = word_language.main(budget)                 # padded batches; chance is 0.1
+    assert perplexity < 30 and accuracy > 0.15, (perplexity, accuracy)
+
+
 # -- orbax checkpoint -------------------------------------------------------------------------
 def test_checkpoint_round_trip_gives_identical_predictions(tiny_data, tmp_path):
     config = dataclasses.replace(TINY, learning_rate=3e-3)
