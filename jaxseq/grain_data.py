@@ -116,8 +116,11 @@ def pack_sequences(dataset: Any, row_length: int, *, max_segments: int,
     >>> words = [{"x": np.arange(1, n + 1), "label": np.int32(n % 2)} for n in (3, 2, 4, 1)]
     >>> rows = pack_sequences(grain.MapDataset.source(words), 5, max_segments=2,
     ...                       per_sequence={"label": None})
-    >>> [(r["x"].tolist(), r["segment_ids"].tolist(), r["label"].tolist()) for r in rows]
-    [([1, 2, 3, 1, 2], [1, 1, 1, 2, 2], [1, 0]), ([1, 2, 3, 4, 1], [1, 1, 1, 1, 2], [0, 1])]
+    >>> for row in rows:
+    ...     print("x", row["x"].tolist(), "ids", row["segment_ids"].tolist(), "label",
+    ...           row["label"].tolist())
+    x [1, 2, 3, 1, 2] ids [1, 1, 1, 2, 2] label [1, 0]
+    x [1, 2, 3, 4, 1] ids [1, 1, 1, 1, 2] label [0, 1]
     """
     grain = _grain()
     row_length = check_size(row_length, "row_length")
@@ -266,8 +269,11 @@ def pad_and_batch(dataset: Any, batch_size: int, *, sequences: Sequence[str] = (
     >>> words = [{"x": np.arange(1, n + 1), "y": np.int32(n)} for n in (3, 1, 5)]
     >>> batches = pad_and_batch(grain.MapDataset.source(words), 2, sequences=["x"],
     ...                         padding={"y": -1}, time_multiple=4)
-    >>> [(b["x"].shape, b["lengths"].tolist(), b["y"].tolist()) for b in batches]
-    [((2, 4), [3, 1], [3, 1]), ((2, 8), [5, 0], [5, -1])]
+    >>> for batch in batches:
+    ...     print("x", batch["x"].shape, "lengths", batch["lengths"].tolist(), "y",
+    ...           batch["y"].tolist())
+    x (2, 4) lengths [3, 1] y [3, 1]
+    x (2, 8) lengths [5, 0] y [5, -1]
     """
     batch_size = check_size(batch_size, "batch_size")
     rows = batch_size if num_rows is None else check_size(num_rows, "num_rows")
