@@ -190,13 +190,40 @@ def test_char_lm_grain_batches_cover_every_character_once(tiny_data):
             assert all(b == 16 and t % 8 == 0 for b, t in shapes)
 
 
-def test_quick_runs_train_on_grain_pipelines(tmp_path):
-    """``--quick`` of the two grain examples, cut to a few steps: they run end to end and learn."""
-    budget = ["--quick", "--words-per-language", "200", "--epochs", "1", "--max-steps", "12",
-              "--learning-rate", "0.01", "--out", str(tmp_path)]
-    perplexity = char_lm.main(budget)                     # packed rows; uniform would be 60
-    accuracy = word_language.main(budget)                 # padded batches; chance is 0.1
-    assert perplexity < 30 and accuracy > 0.15, (perplexity, accuracy)
+QUICK = ["--quick", "--words-per-language", "200", "--epochs", "1", "--max-steps", "12",
+         "--learning-rate", "0.01"]
+
+
+def test_char_lm_quick_run_trains_on_grain_packed_rows(tmp_path):
+    """``char_lm.py --quick`` (grain's packer, packed rows), cut to a few steps: it learns."""
+    perplexity = char_lm.main([*QUICK, "--out", str(tmp_path)])
+    assert perplexity < 30, perplexity                    # uniform would be 60
+
+
+@pytest.mark.slow
+def test_word_language_quick_run_trains_on_grain_batches(tmp_path):
+    """``word_language.py --quick`` (grain, padded batches), cut to a few steps: it learns. (Its
+    grain pipeline trains in the default suite too: the multi-device test below.)"""
+    accuracy = word_language.main([*QUICK, "--out", str(tmp_path)])
+    assert accuracy > 0.15, accuracy                      # chance is 0.1
+
+
+def test_word_language_grain_batches_cover_every_word_once(tiny_data):
+    """Padded batches of the grain pipeline: every word once, T a multiple of 8, rows a multiple
+    of the device count, filler rows empty (length 0, label IGNORE)."""
+    mesh = word_language.make_mesh()
+    seen, shapes = [], set()
+    for tokens, lengths, labels in word_language.device_batches(tiny_data, "valid", 30, mesh,
+                                                                shuffle=True, seed=2):
+        tokens, lengths, labels = (np.asarray(a) for a in (tokens, lengths, labels))
+        shapes.add(tokens.shape)
+        real = labels != IGNORE
+        assert (lengths[~real] == 0).all() and (tokens[~real] == PAD).all()
+        for row, n in zip(tokens[real], lengths[real]):
+            assert (row[:n] != PAD).all() and (row[n:] == PAD).all()
+            seen.append(row[:n].tolist())
+    assert sorted(seen) == sorted(tiny_data.encode(w).tolist() for w in tiny_data.valid.words)
+    assert all(b == 30 and t % 8 == 0 for b, t in shapes)
 
 
 # -- orbax checkpoint -------------------------------------------------------------------------
