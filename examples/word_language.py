@@ -8,9 +8,11 @@ recurrence) → bidirectional :class:`jaxseq.LSTM` with ``lengths`` (no packing,
 layer's final forward and backward states ``h_n[-2], h_n[-1]`` ``[B, 2H]`` → dropout → linear
 ``[B, C]``; loss :func:`jaxseq.losses.masked_cross_entropy` (filler rows carry ``IGNORE`` labels).
 
-The batch is split across every local device (``jax.sharding``: a 1-D ``Mesh`` named ``"data"``,
-batch arrays ``NamedSharding(mesh, P("data"))``, parameters and optimizer state replicated); the same
-code runs on 1 or N devices, with batches padded to a multiple of the device count by filler rows.
+Data: a grain pipeline (shuffle per epoch, encode, pad and batch to one static shape with
+:func:`jaxseq.grain_data.pad_and_batch`). The batch is split across every local device
+(``jax.sharding``: a 1-D ``Mesh`` named ``"data"``, batch arrays ``NamedSharding(mesh, P("data"))``,
+parameters and optimizer state replicated); the same code runs on 1 or N devices, with batches
+padded to a multiple of the device count by filler rows.
 Outputs under ``runs/``: a loss / accuracy plot and an orbax checkpoint, restored at the end and
 checked to give identical test predictions. ``torch_word_language.py`` is the torch twin.
 """
@@ -24,6 +26,7 @@ import time
 from pathlib import Path
 from typing import Any, Iterator, Optional, Sequence
 
+import grain
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -36,7 +39,8 @@ if __package__ in (None, ""):  # `python examples/word_language.py`: make the re
 
 import jaxseq
 from examples.training import History, TrainConfig, parse_config
-from examples.wordlang_data import IGNORE, WordLangData, batches, build_dataset, num_batches
+from examples.wordlang_data import IGNORE, PAD, WordLangData, build_dataset, num_batches
+from jaxseq.grain_data import pad_and_batch
 from jaxseq.losses import masked_cross_entropy
 
 
@@ -146,18 +150,40 @@ def replicate(obj: nnx.Module | nnx.Optimizer, mesh: Mesh) -> None:
     nnx.update(obj, jax.device_put(nnx.state(obj), NamedSharding(mesh, P())))
 
 
+#: grain's default 16 reader threads cost more than these cheap reads on a few CPU cores.
+SERIAL_READS = grain.ReadOptions(num_threads=0, prefetch_buffer_size=0)
+
+
+def word_examples(data: WordLangData, split: str, *, shuffle: bool = False, seed: int = 0
+                  ) -> grain.MapDataset:
+    """Every word of ``split`` as ``{"tokens": int32 [L], "label": int32}`` (a grain
+    ``MapDataset``; ``shuffle``: a new order per ``seed``)."""
+    part = data.split(split)
+    indices = grain.MapDataset.range(len(part))
+    if shuffle:
+        indices = indices.shuffle(seed=seed)
+    return indices.map(lambda i: {"tokens": data.encode(part.words[i]),
+                                  "label": np.int32(part.labels[i])})
+
+
 def device_batches(data: WordLangData, split: str, batch_size: int, mesh: Mesh, *,
                    shuffle: bool = False, seed: int = 0, time_multiple: int = 8
                    ) -> Iterator[tuple[jax.Array, ...]]:
-    """``(tokens, lengths, labels)`` batches split along the batch axis over ``mesh``.
+    """``(tokens, lengths, labels)`` batches of ``batch_size`` words, split along the batch axis
+    over ``mesh``.
 
-    Rows are padded to a multiple of ``mesh.size`` (filler rows, ignored by the loss); other
-    arguments as :func:`examples.wordlang_data.batches`.
+    grain pipeline: :func:`word_examples` (shuffled with ``seed``), padded and batched by
+    :func:`jaxseq.grain_data.pad_and_batch` to ``T`` = the longest word rounded up to a multiple of
+    ``time_multiple``; rows are filled up to a multiple of ``mesh.size`` (and the last batch to
+    the full size) with empty rows: length 0, label ``IGNORE``, skipped by the loss.
     """
     sharding = NamedSharding(mesh, P("data"))
-    for batch in batches(data, split, batch_size, shuffle=shuffle, seed=seed,
-                         row_multiple=mesh.size, time_multiple=time_multiple):
-        yield jax.device_put((batch.tokens, batch.lengths, batch.labels), sharding)
+    rows = -(-batch_size // mesh.size) * mesh.size
+    examples = word_examples(data, split, shuffle=shuffle, seed=seed).to_iter_dataset(SERIAL_READS)
+    for batch in pad_and_batch(examples, batch_size, sequences=["tokens"],
+                               padding={"tokens": PAD, "label": IGNORE},
+                               time_multiple=time_multiple, num_rows=rows):
+        yield jax.device_put((batch["tokens"], batch["lengths"], batch["label"]), sharding)
 
 
 def evaluate(model: WordClassifier, data: WordLangData, split: str, batch_size: int, mesh: Mesh

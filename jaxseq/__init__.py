@@ -26,7 +26,9 @@ Public API (the README has the torch -> jaxseq map):
   :func:`segment_last`, :func:`segment_sum`, :func:`segment_mean`, :func:`segment_max`,
   :func:`segment_lengths`, :func:`segment_broadcast`, the per-step masks :func:`segment_starts`,
   :func:`segment_ends` (:mod:`jaxseq.segments`);
-* host-side data: :mod:`jaxseq.data` (:func:`bucket_by_length`, :func:`pack_rows`);
+* host-side data: :mod:`jaxseq.data` (:func:`bucket_by_length`, :func:`pack_rows`); grain
+  pipelines into packed rows or padded batches: :mod:`jaxseq.grain_data` (needs grain; not
+  imported here);
 * serving: :func:`jaxseq.export.export_model` (a ``jax.export`` artifact, symbolic batch and time);
 * validation: :func:`check_lengths`, :func:`checked` (length checks under ``jit``).
 """

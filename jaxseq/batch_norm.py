@@ -70,7 +70,8 @@ from flax.nnx.module import first_from
 
 from jaxseq.masking import length_mask
 from jaxseq.segments import check_segment_ids
-from jaxseq.validation import check_floating, check_lengths, check_size, is_concrete
+from jaxseq.torch_attributes import TorchAttributes
+from jaxseq.validation import check_floating, check_lengths, check_size, is_concrete, rejects_torch
 
 
 class RunningStats(NamedTuple):
@@ -156,6 +157,7 @@ def _check_valid(valid: Any, x_shape: tuple[int, ...]) -> jax.Array:
     return jnp.asarray(valid)
 
 
+@rejects_torch
 def batch_norm(x: jax.Array, weight: Optional[jax.Array] = None, bias: Optional[jax.Array] = None,
                running: Optional[RunningStats] = None, *, valid: Optional[jax.Array] = None,
                training: bool = False, momentum: Optional[float] = 0.1, eps: float = 1e-5
@@ -236,14 +238,14 @@ def _valid_positions(x: jax.Array, lengths: Any, segment_ids: Any, mask: Any, ba
                          f"{given[0]}, got shape {jnp.shape(x)}")
     T, B = (x.shape[1], x.shape[0]) if batch_first else (x.shape[0], x.shape[1])
     if lengths is not None:
-        valid = length_mask(check_lengths(lengths, T, B), T)              # [B, T]
+        valid = length_mask(check_lengths(lengths, T, B, batch_first=batch_first), T)   # [B, T]
         return valid if batch_first else valid.T
     # every segment occupies >= 1 step, so T bounds the number of segments
     ids, _ = check_segment_ids(segment_ids, T, B, T, batch_first=batch_first)   # [T, B]
     return (ids > 0).T if batch_first else ids > 0
 
 
-class BatchNorm(nnx.Module):
+class BatchNorm(TorchAttributes, nnx.Module):
     """torch's ``nn.BatchNorm1d`` / ``2d`` / ``3d`` with features last and sequence masks.
 
     Args:
@@ -259,6 +261,9 @@ class BatchNorm(nnx.Module):
       param_dtype: dtype of the parameters and of the running statistics.
       deterministic: initial mode; ``True`` (evaluation: running statistics) by default, as every
         jaxseq layer. ``module.train()`` / ``module.eval()`` switch it.
+
+    torch's attributes ``num_features``, ``eps``, ``momentum``, ``affine`` and
+    ``track_running_stats`` are read-only.
 
     Call ``bn(x, lengths=None, *, segment_ids=None, mask=None, batch_first=None,
     deterministic=None)`` with ``x [..., F]``; at most one of ``lengths`` (``[B]``),
@@ -277,16 +282,15 @@ class BatchNorm(nnx.Module):
     #: torch's ``state_dict`` keys, in its order (those present: see ``affine`` and
     #: ``track_running_stats``).
     TORCH_NAMES = ("weight", "bias", "running_mean", "running_var", "num_batches_tracked")
+    TORCH_ATTRIBUTES = ("num_features", "eps", "momentum", "affine", "track_running_stats")
 
     def __init__(self, num_features: int, eps: float = 1e-5, momentum: Optional[float] = 0.1,
                  affine: bool = True, track_running_stats: bool = True, *,
                  batch_first: bool = False, param_dtype: Any = jnp.float32,
                  deterministic: bool = True):
-        self.num_features = check_size(num_features, "num_features")
-        self.eps = _check_eps(eps)
-        self.momentum = _check_momentum(momentum)
-        self.affine = bool(affine)
-        self.track_running_stats = bool(track_running_stats)
+        self._num_features = check_size(num_features, "num_features")
+        self._eps = _check_eps(eps)
+        self._momentum = _check_momentum(momentum)
         self.batch_first = bool(batch_first)
         check_floating(param_dtype, "param_dtype")
         self.deterministic = deterministic
@@ -305,10 +309,33 @@ class BatchNorm(nnx.Module):
             counter = jax.dtypes.canonicalize_dtype(jnp.int64)        # int32 without x64
             self.num_batches_tracked = nnx.BatchStat(jnp.zeros((), counter))
 
+    @property
+    def num_features(self) -> int:
+        return self._num_features
+
+    @property
+    def eps(self) -> float:
+        return self._eps
+
+    @property
+    def momentum(self) -> Optional[float]:
+        return self._momentum
+
+    @property
+    def affine(self) -> bool:
+        """Whether there are ``weight`` and ``bias`` parameters."""
+        return self.weight is not None
+
+    @property
+    def track_running_stats(self) -> bool:
+        """Whether there are running statistics."""
+        return self.running_mean is not None
+
     def __repr__(self) -> str:  # torch-like
         return (f"BatchNorm({self.num_features}, eps={self.eps}, momentum={self.momentum}, "
                 f"affine={self.affine}, track_running_stats={self.track_running_stats})")
 
+    @rejects_torch
     def __call__(self, x: jax.Array, lengths: Optional[jax.Array] = None, *,
                  segment_ids: Optional[jax.Array] = None, mask: Optional[jax.Array] = None,
                  batch_first: Optional[bool] = None,

@@ -11,7 +11,7 @@ Parameters have torch's names and shapes: ``weight_ih [G, I]``, ``weight_hh [G, 
 """
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, ClassVar
 
 import jax
 import jax.numpy as jnp
@@ -20,10 +20,11 @@ from flax import nnx
 from jaxseq import functional
 from jaxseq import init as initializers
 from jaxseq.layout import Structure, cell_param_shapes
-from jaxseq.validation import check_floating, check_size
+from jaxseq.torch_attributes import TorchAttributes
+from jaxseq.validation import check_floating, check_size, rejects_torch
 
 
-class CellBase(nnx.Module):
+class CellBase(TorchAttributes, nnx.Module):
     """Shared implementation of :class:`LSTMCell`, :class:`GRUCell` and :class:`RNNCell`.
 
     Extra keyword arguments (beyond torch's):
@@ -31,7 +32,12 @@ class CellBase(nnx.Module):
       init: a name in :data:`jaxseq.init.INITIALIZERS` (``"torch_default"``, the default: every
         parameter ``U(-1/sqrt(H), 1/sqrt(H))`` as torch; or ``"recommended"``) or a callable with
         the signature of :func:`jaxseq.init.torch_default`.
+
+    torch's attributes, read-only: ``input_size``, ``hidden_size``, ``bias`` (and ``nonlinearity``
+    on :class:`RNNCell`); ``mode`` is the gate kind, as on the layers.
     """
+
+    TORCH_ATTRIBUTES: ClassVar[tuple[str, ...]] = ("mode", "input_size", "hidden_size", "bias")
 
     def __init__(self, mode: str, input_size: int, hidden_size: int, bias: bool = True, *,
                  rngs: nnx.Rngs, param_dtype: Any = jnp.float32,
@@ -39,12 +45,26 @@ class CellBase(nnx.Module):
         input_size = check_size(input_size, "input_size")
         hidden_size = check_size(hidden_size, "hidden_size")
         check_floating(param_dtype, "param_dtype")
-        self.mode = mode
-        self.input_size, self.hidden_size, self.bias = input_size, hidden_size, bool(bias)
-        structure = Structure(mode, input_size, hidden_size, 1, self.bias, False, 0)
-        values = initializers.initialize(init, rngs.params(), structure, param_dtype)
-        for name in cell_param_shapes(mode, input_size, hidden_size, self.bias):
+        self.structure = Structure(mode, input_size, hidden_size, 1, bool(bias), False, 0)
+        values = initializers.initialize(init, rngs.params(), self.structure, param_dtype)
+        for name in self.param_shapes():
             setattr(self, name, nnx.Param(values[f"{name}_l0"]))
+
+    @property
+    def mode(self) -> str:
+        return self.structure.mode
+
+    @property
+    def input_size(self) -> int:
+        return self.structure.input_size
+
+    @property
+    def hidden_size(self) -> int:
+        return self.structure.hidden_size
+
+    @property
+    def bias(self) -> bool:
+        return self.structure.bias
 
     def param_shapes(self) -> dict[str, tuple[int, ...]]:
         """Torch parameter names and shapes of this cell, in ``state_dict`` order."""
@@ -54,6 +74,7 @@ class CellBase(nnx.Module):
         """``{torch name: current value}`` (the ``params`` of :func:`jaxseq.functional.cell_step`)."""
         return {name: getattr(self, name)[...] for name in self.param_shapes()}
 
+    @rejects_torch
     def __call__(self, x: jax.Array, hx: Any = None) -> Any:
         """One step: ``x [B, I]`` (or unbatched ``[I]``), ``hx`` as torch; see the subclasses."""
         return functional.cell_step(self.mode, self.param_dict(), x, hx)
@@ -102,6 +123,8 @@ class RNNCell(CellBase):
     >>> RNNCell(3, 4, nonlinearity="relu", rngs=nnx.Rngs(0))
     RNNCell(3, 4, nonlinearity='relu')
     """
+
+    TORCH_ATTRIBUTES = (*CellBase.TORCH_ATTRIBUTES, "nonlinearity")
 
     def __init__(self, input_size: int, hidden_size: int, bias: bool = True,
                  nonlinearity: str = "tanh", *, rngs: nnx.Rngs, **extras: Any):

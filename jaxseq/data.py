@@ -23,7 +23,7 @@ from typing import Any, NamedTuple, Optional
 
 import numpy as np
 
-from jaxseq.validation import host_array
+from jaxseq.validation import host_array, rejects_torch
 
 
 class Batch(NamedTuple):
@@ -95,6 +95,7 @@ def bucket_boundaries(lengths: Sequence[int] | np.ndarray, num_buckets: int,
     return tuple(sorted(set(bounds)))
 
 
+@rejects_torch
 def bucket_by_length(lengths: Sequence[int], batch_size: int, *,
                      boundaries: Optional[Sequence[int]] = None, num_buckets: int = 8,
                      shuffle: bool = True, seed: int = 0, drop_last: bool = False
@@ -218,6 +219,7 @@ class RowPacking(NamedTuple):
             ids[b, o:o + self.length[p]] = self.segment[p]
         return ids
 
+    @rejects_torch
     def pack(self, sequences: Sequence[Any], rows: Optional[Sequence[int]] = None, *,
              padding_value: Any = 0) -> np.ndarray:
         """Lay per-token data out in rows: ``sequences[i] [L_i, *F] -> [len(rows), row_length, *F]``.
@@ -237,6 +239,7 @@ class RowPacking(NamedTuple):
             out[b, o:o + n] = seq[s:s + n]
         return out
 
+    @rejects_torch
     def pack_per_sequence(self, values: Any, rows: Optional[Sequence[int]] = None, *,
                           fill: Any = 0) -> np.ndarray:
         """Per-sequence data (labels...) per segment: ``values [N, *F] -> [len(rows), S, *F]``.
@@ -252,6 +255,7 @@ class RowPacking(NamedTuple):
         out[position[self.row[pieces]], self.segment[pieces] - 1] = values[self.source[pieces]]
         return out
 
+    @rejects_torch
     def unpack_per_sequence(self, per_segment: Any, rows: Optional[Sequence[int]] = None
                             ) -> tuple[np.ndarray, np.ndarray]:
         """Map per-segment results back to the pieces they belong to.
@@ -299,6 +303,7 @@ class RowPacking(NamedTuple):
             raise ValueError(f"this packing was made for {count} sequences, got {len(sequences)}")
 
 
+@rejects_torch
 def pack_rows(lengths: Sequence[int], row_length: int, *, max_segments: Optional[int] = None,
               split_long: bool = False) -> RowPacking:
     """Pack sequences end to end into rows of ``row_length`` steps (best-fit decreasing).

@@ -26,11 +26,12 @@ import jax.numpy as jnp
 from jax import lax
 
 from jaxseq.loop import eval_step, scan_steps
-from jaxseq.validation import check_lengths, check_size
+from jaxseq.validation import check_lengths, check_size, rejects_torch
 
 Step = Callable[[Any, jax.Array], tuple[jax.Array, Any]]
 
 
+@rejects_torch
 def attention_weights(scores: jax.Array, lengths: jax.Array) -> jax.Array:
     """Softmax over the last axis of ``scores [B, ..., T]`` that puts no weight on ``t >= lengths[b]``.
 
@@ -52,6 +53,7 @@ def attention_weights(scores: jax.Array, lengths: jax.Array) -> jax.Array:
     return jnp.where(mask, weights, jnp.zeros((), weights.dtype))
 
 
+@rejects_torch
 def dot_attention(query: jax.Array, keys: jax.Array, values: jax.Array, lengths: jax.Array, *,
                   batch_first: bool = True) -> tuple[jax.Array, jax.Array]:
     """Luong dot-product attention over padded encoder outputs.
@@ -91,6 +93,7 @@ def dot_attention(query: jax.Array, keys: jax.Array, values: jax.Array, lengths:
     return (context[:, 0], weights[:, 0]) if single else (context, weights)
 
 
+@rejects_torch
 def teacher_forcing(step: Callable, carry: Any, inputs: Any, *, batch_first: bool = True,
                     modules: Any = None) -> tuple[Any, Any]:
     """Run ``step(carry, x_t) -> (carry, y_t)`` over the time axis of ``inputs`` (a ``lax.scan``).
@@ -128,6 +131,7 @@ def teacher_forcing(step: Callable, carry: Any, inputs: Any, *, batch_first: boo
     return carry, jax.tree.map(swap, ys)
 
 
+@rejects_torch
 def reorder_state(state: Any, indices: jax.Array, batch_axis: Any = 0) -> Any:
     """Pick batch entries ``indices`` of every leaf of ``state`` (e.g. surviving beams).
 
@@ -153,6 +157,7 @@ def _repeat_state(state: Any, times: int, batch_axis: Any) -> Any:
                                                        sub), batch_axis, state)
 
 
+@rejects_torch
 def greedy_decode(step: Step, carry: Any, start_tokens: jax.Array, max_len: int, *,
                   eos_id: Optional[int] = None, pad_id: int = 0,
                   modules: Any = None) -> tuple[jax.Array, jax.Array]:
@@ -203,6 +208,7 @@ class Beams(NamedTuple):
     scores: jax.Array    # [B, K]: sum of log-probabilities / lengths ** length_penalty
 
 
+@rejects_torch
 def beam_search(step: Step, carry: Any, start_tokens: jax.Array, beam_size: int, max_len: int, *,
                 eos_id: int, pad_id: int = 0, length_penalty: float = 0.0,
                 batch_axis: Any = 0, modules: Any = None) -> Beams:

@@ -24,6 +24,7 @@ from flax import nnx
 from flax.nnx.module import first_from
 
 from jaxseq.segments import infer_max_segments, segment_broadcast
+from jaxseq.validation import rejects_torch
 
 
 def check_rate(rate: float, name: str = "dropout") -> float:
@@ -111,6 +112,7 @@ class LockedDropout(nnx.Module):
         t_axis = 1 if self.batch_first else 0
         return x.shape[:t_axis] + (1,) + x.shape[t_axis + 1:]
 
+    @rejects_torch
     def __call__(self, x: jax.Array, *, rate: Optional[float] = None,
                  mask: Optional[jax.Array] = None,
                  segment_ids: Optional[jax.Array] = None, max_segments: Optional[int] = None,
@@ -154,6 +156,7 @@ def _embedding_mask(key_or_mask: jax.Array, num_embeddings: int, rate: float, dt
     return a.reshape(num_embeddings, 1).astype(dtype)
 
 
+@rejects_torch
 def embedding_dropout(key_or_mask: jax.Array, embedding: jax.Array, rate: float = 0.0) -> jax.Array:
     """Drop whole rows (word types) of an embedding table: AWD-LSTM's ``embedded_dropout``.
 
@@ -221,6 +224,7 @@ class EmbeddingDropout(nnx.Module):
         self.deterministic = deterministic
         self.rngs = rngs["dropout"].fork() if rngs is not None else nnx.data(None)
 
+    @rejects_torch
     def __call__(self, inputs: jax.Array, *, mask: Optional[jax.Array] = None,
                  deterministic: Optional[bool] = None,
                  rngs: nnx.Rngs | nnx.RngStream | jax.Array | None = None) -> jax.Array:

@@ -56,7 +56,7 @@ from jaxseq.scan import (
     staircase,
 )
 from jaxseq.segments import check_segment_ids, segment_layout
-from jaxseq.validation import check_floating, check_lengths, is_concrete
+from jaxseq.validation import check_floating, check_lengths, is_concrete, rejects_torch
 
 Params = Mapping[str, jax.Array]
 
@@ -213,6 +213,7 @@ def _schedule(time_chunks: Union[int, Staircase], host_lengths: Optional[np.ndar
     return None if plan.padded_steps() == B * T else plan
 
 
+@rejects_torch
 def recurrent(mode: str, params: Params, x: jax.Array, lengths: Optional[ArrayLike] = None,
               hx: Any = None, *, segment_ids: Optional[ArrayLike] = None,
               max_segments: Optional[int] = None, batch_first: bool = False,
@@ -321,7 +322,7 @@ def recurrent(mode: str, params: Params, x: jax.Array, lengths: Optional[ArrayLi
     else:
         host_lengths = None if lengths is None or not is_concrete(lengths) else np.asarray(lengths)
         if lengths is not None:
-            lengths = check_lengths(lengths, T, B)
+            lengths = check_lengths(lengths, T, B, batch_first=batch_first)
         plan = _schedule(time_chunks, host_lengths, T, B)
     for name, value in params.items():
         check_floating(value.dtype, f"params[{name!r}]")
@@ -431,6 +432,7 @@ rnn_relu.__doc__ = "``recurrent('RNN_RELU', ...)``: returns ``(output, h_n)``."
 # --------------------------------------------------------------------------------------------
 # One time step: twins of torch.nn.LSTMCell / GRUCell / RNNCell
 # --------------------------------------------------------------------------------------------
+@rejects_torch
 def cell_step(mode: str, params: Params, x: jax.Array, hx: Any = None) -> Any:
     """One step of torch's ``nn.LSTMCell`` / ``nn.GRUCell`` / ``nn.RNNCell``: ``(x, hx) -> state``.
 

@@ -8,12 +8,13 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-from jaxseq.validation import check_lengths
+from jaxseq.validation import check_lengths, rejects_torch
 
 
 def _time_axis(batch_first: bool) -> int:
     return 1 if batch_first else 0
 
+@rejects_torch
 def length_mask(lengths: jax.Array, max_len: int, batch_first: bool = True) -> jax.Array:
     """Boolean validity mask: ``mask[b, t] = t < lengths[b]``, ``[B, max_len]`` (or ``[max_len, B]``).
 
@@ -57,6 +58,7 @@ def reverse_within_length(x: jax.Array, lengths: jax.Array, t_axis: int = 0) -> 
     idx = idx.reshape(idx.shape + (1,) * (x.ndim - 2))
     return jnp.take_along_axis(x, idx, axis=t_axis)
 
+@rejects_torch
 def reverse_padded(x: jax.Array, lengths: jax.Array, batch_first: bool = False) -> jax.Array:
     """Reverse every row within its own length; padded positions stay where they are.
 
@@ -77,9 +79,10 @@ def reverse_padded(x: jax.Array, lengths: jax.Array, batch_first: bool = False) 
            [5, 4, 0]], dtype=int32)
     """
     t_axis = _time_axis(batch_first)
-    lengths = check_lengths(lengths, x.shape[t_axis], x.shape[1 - t_axis])
+    lengths = check_lengths(lengths, x.shape[t_axis], x.shape[1 - t_axis], batch_first=batch_first)
     return reverse_within_length(x, lengths, t_axis)
 
+@rejects_torch
 def last_valid(output: jax.Array, lengths: jax.Array, batch_first: bool = False) -> jax.Array:
     """Each row's output at its last valid step ``t = lengths[b]-1``.
 
@@ -101,7 +104,7 @@ def last_valid(output: jax.Array, lengths: jax.Array, batch_first: bool = False)
     """
     t_axis = _time_axis(batch_first)
     max_len, batch = output.shape[t_axis], output.shape[1 - t_axis]
-    lengths = check_lengths(lengths, max_len, batch)
+    lengths = check_lengths(lengths, max_len, batch, batch_first=batch_first)
     seq = output if batch_first else jnp.swapaxes(output, 0, 1)  # [B, T, ...]
     idx = jnp.maximum(lengths - 1, 0).reshape((batch, 1) + (1,) * (seq.ndim - 2))
     picked = jnp.take_along_axis(seq, idx, axis=1)[:, 0]

@@ -12,11 +12,12 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxseq.validation import check_lengths, is_concrete
+from jaxseq.validation import check_lengths, is_concrete, rejects_torch
 
 _PADDING_SIDES = ("right", "left")
 
 
+@rejects_torch
 def pad_sequence(sequences: Sequence[jax.Array], batch_first: bool = False,
                  padding_value: float = 0.0, padding_side: str = "right") -> jax.Array:
     """Stack variable-length arrays ``[L_i, *]`` into one padded array, like torch's ``pad_sequence``.
@@ -72,6 +73,7 @@ def pad_sequence(sequences: Sequence[jax.Array], batch_first: bool = False,
     return padded if batch_first else jnp.swapaxes(padded, 0, 1)
 
 
+@rejects_torch
 def unpad_sequence(padded: jax.Array, lengths: jax.Array,
                    batch_first: bool = False) -> list[jax.Array]:
     """Split a right-padded batch into a list of its valid prefixes, like torch's ``unpad_sequence``.
@@ -104,6 +106,7 @@ def unpad_sequence(padded: jax.Array, lengths: jax.Array,
         raise ValueError("unpad_sequence needs concrete `lengths` (its output shapes depend on "
                          "them); call it outside jit")
     t_axis = 1 if batch_first else 0
-    lengths = check_lengths(lengths, padded.shape[t_axis], padded.shape[1 - t_axis])
+    lengths = check_lengths(lengths, padded.shape[t_axis], padded.shape[1 - t_axis],
+                            batch_first=batch_first)
     rows = padded if batch_first else jnp.swapaxes(padded, 0, 1)  # [B, T, *]
     return [rows[b, :n] for b, n in enumerate(np.asarray(lengths).tolist())]

@@ -14,7 +14,7 @@ import jax
 import jax.numpy as jnp
 
 from jaxseq.masking import length_mask
-from jaxseq.validation import check_lengths
+from jaxseq.validation import check_lengths, rejects_torch
 
 
 def _valid_mask(x: jax.Array, lengths: jax.Array,
@@ -24,7 +24,7 @@ def _valid_mask(x: jax.Array, lengths: jax.Array,
         raise ValueError(f"`x` must be [T, B, *] or [B, T, *], got shape {tuple(x.shape)}")
     t_axis = 1 if batch_first else 0
     max_len, batch = x.shape[t_axis], x.shape[1 - t_axis]
-    lengths = check_lengths(lengths, max_len, batch)
+    lengths = check_lengths(lengths, max_len, batch, batch_first=batch_first)
     mask = length_mask(lengths, max_len)  # [B, T]
     if not batch_first:
         mask = mask.T  # [T, B]
@@ -43,6 +43,7 @@ def _per_row(values: jax.Array, ndim: int) -> jax.Array:
     return values.reshape((-1,) + (1,) * (ndim - 1))
 
 
+@rejects_torch
 def masked_sum(x: jax.Array, lengths: jax.Array, batch_first: bool = False) -> jax.Array:
     """Sum over each row's valid steps ``t < lengths[b]``.
 
@@ -66,6 +67,7 @@ def masked_sum(x: jax.Array, lengths: jax.Array, batch_first: bool = False) -> j
     return _valid_sum(jnp.asarray(x), lengths, batch_first)[0]
 
 
+@rejects_torch
 def masked_mean(x: jax.Array, lengths: jax.Array, batch_first: bool = False) -> jax.Array:
     """Mean over each row's valid steps: ``masked_sum / lengths[b]``.
 
@@ -90,6 +92,7 @@ def masked_mean(x: jax.Array, lengths: jax.Array, batch_first: bool = False) -> 
     return total / count.astype(jnp.result_type(total.dtype, float))
 
 
+@rejects_torch
 def masked_max(x: jax.Array, lengths: jax.Array, batch_first: bool = False, *,
                empty_value: float = 0.0) -> jax.Array:
     """Maximum over each row's valid steps ``t < lengths[b]``.

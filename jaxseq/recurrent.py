@@ -9,7 +9,7 @@ from __future__ import annotations
 import warnings
 from collections.abc import Mapping, Sequence
 from functools import partial
-from typing import Any, NamedTuple, Optional
+from typing import Any, ClassVar, NamedTuple, Optional
 
 import jax
 import jax.numpy as jnp
@@ -23,10 +23,11 @@ from jaxseq.fused import IMPLS, cudnn_problem
 from jaxseq.layout import Structure, describe, param_name, param_shapes
 from jaxseq.scan import Staircase, scan_options
 from jaxseq.segments import infer_max_segments
-from jaxseq.validation import check_floating, check_size
+from jaxseq.torch_attributes import TorchAttributes
+from jaxseq.validation import check_floating, check_size, rejects_torch
 
 
-class RecurrentBase(nnx.Module):
+class RecurrentBase(TorchAttributes, nnx.Module):
     """Shared implementation of :class:`LSTM`, :class:`GRU` and :class:`RNN` (use those).
 
     Extra keyword arguments (beyond torch's):
@@ -62,7 +63,15 @@ class RecurrentBase(nnx.Module):
       init: parameter initializer, a name in :data:`jaxseq.init.INITIALIZERS` (``"torch_default"``,
         the default, or ``"recommended"``: orthogonal gate blocks, zero biases, LSTM forget bias 1) or
         a callable with the signature of :func:`jaxseq.init.torch_default`.
+
+    torch's attributes, read-only and equal to torch's for the same arguments: ``mode``,
+    ``input_size``, ``hidden_size``, ``num_layers``, ``bias``, ``batch_first``, ``dropout``,
+    ``bidirectional``, ``proj_size`` (and ``nonlinearity`` on :class:`RNN`).
     """
+
+    TORCH_ATTRIBUTES: ClassVar[tuple[str, ...]] = (
+        "mode", "input_size", "hidden_size", "num_layers", "bias", "batch_first", "dropout",
+        "bidirectional", "proj_size")
 
     def __init__(self, mode: str, input_size: int, hidden_size: int, num_layers: int = 1,
                  bias: bool = True, batch_first: bool = False, dropout: float = 0.0,
@@ -84,7 +93,7 @@ class RecurrentBase(nnx.Module):
             raise ValueError(f"proj_size has to be smaller than hidden_size, got proj_size={proj_size} "
                              f"and hidden_size={hidden_size}")
         check_floating(param_dtype, "param_dtype")
-        self.dropout = check_rate(dropout, "dropout")
+        self._dropout = check_rate(dropout, "dropout")
         self.recurrent_dropout = check_rate(recurrent_dropout, "recurrent_dropout")
         if weight_drop_mode not in ("element", "row"):
             raise ValueError(f"weight_drop_mode must be 'element' or 'row', got {weight_drop_mode!r}")
@@ -96,7 +105,7 @@ class RecurrentBase(nnx.Module):
         self.structure = Structure(mode, input_size, hidden_size, num_layers, bool(bias),
                                    bool(bidirectional), proj_size)
         self.weight_drop = _weight_drop_rates(weight_drop, self.structure)
-        self.batch_first = bool(batch_first)
+        self._batch_first = bool(batch_first)
         self.deterministic = deterministic
         self.unroll = unroll
         self.time_chunks = time_chunks
@@ -124,7 +133,41 @@ class RecurrentBase(nnx.Module):
     # -- torch-facing views ------------------------------------------------------------------
     @property
     def mode(self) -> str:
+        """torch's ``mode``: ``"LSTM"``, ``"GRU"``, ``"RNN_TANH"`` or ``"RNN_RELU"``."""
         return self.structure.mode
+
+    @property
+    def input_size(self) -> int:
+        return self.structure.input_size
+
+    @property
+    def hidden_size(self) -> int:
+        return self.structure.hidden_size
+
+    @property
+    def num_layers(self) -> int:
+        return self.structure.num_layers
+
+    @property
+    def bias(self) -> bool:
+        return self.structure.bias
+
+    @property
+    def bidirectional(self) -> bool:
+        return self.structure.bidirectional
+
+    @property
+    def proj_size(self) -> int:
+        return self.structure.proj_size
+
+    @property
+    def batch_first(self) -> bool:
+        return self._batch_first
+
+    @property
+    def dropout(self) -> float:
+        """torch's inter-layer dropout rate (a float, as torch stores it)."""
+        return self._dropout
 
     def param_names(self) -> tuple[str, ...]:
         """Torch parameter names of this module, in ``state_dict`` order."""
@@ -157,6 +200,7 @@ class RecurrentBase(nnx.Module):
         draw = _draw_masks.__wrapped__ if hooks.active() else _draw_masks  # type: ignore[attr-defined]
         return draw(key, spec=spec)
 
+    @rejects_torch
     def __call__(self, x: jax.Array, lengths: Optional[jax.Array] = None, hx: Any = None, *,
                  segment_ids: Optional[jax.Array] = None, max_segments: Optional[int] = None,
                  deterministic: Optional[bool] = None,
@@ -312,6 +356,8 @@ class RNN(RecurrentBase):
     >>> rnn(jnp.ones((5, 2, 3)))[0].shape
     (5, 2, 4)
     """
+
+    TORCH_ATTRIBUTES = (*RecurrentBase.TORCH_ATTRIBUTES, "nonlinearity")
 
     def __init__(self, input_size: int, hidden_size: int, num_layers: int = 1,
                  nonlinearity: str = "tanh", bias: bool = True, batch_first: bool = False,

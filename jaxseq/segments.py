@@ -36,7 +36,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax.experimental import checkify
 
-from jaxseq.validation import check_size, is_concrete, traced_policy
+from jaxseq.validation import check_size, is_concrete, layout_hint, rejects_torch, traced_policy
 
 _LAYOUT_RULE = ("each row must hold segments 1, 2, ..., k as contiguous runs starting at t = 0, "
                 "then 0 (padding) to its end")
@@ -53,6 +53,7 @@ def _problems(ids: Any, max_segments: int) -> tuple[Any, Any]:
     return out_of_range, broken
 
 
+@rejects_torch
 def check_segment_ids(segment_ids: Any, max_len: int, batch_size: Optional[int],
                       max_segments: Optional[int], *, batch_first: bool = False,
                       name: str = "segment_ids") -> tuple[jax.Array, int]:
@@ -89,8 +90,9 @@ def check_segment_ids(segment_ids: Any, max_len: int, batch_size: Optional[int],
     shape = tuple(segment_ids.shape)
     if len(shape) != 2 or any(w is not None and w != g for w, g in zip(want, shape)):
         expected = tuple("B" if w is None else w for w in want)
+        hint = "." + layout_hint(batch_first) if len(shape) == 2 and shape == want[::-1] else ""
         raise ValueError(f"`{name}` must have shape {layout} = {expected} (the first two axes of "
-                         f"the input), got {shape}")
+                         f"the input), got {shape}{hint}")
     ids = segment_ids.T if batch_first else segment_ids          # [T, B]
     concrete = is_concrete(ids)
     max_segments = check_size(infer_max_segments(ids) if max_segments is None else max_segments,
@@ -218,6 +220,7 @@ def _checked_ids(segment_ids: Any, max_segments: Optional[int], batch_first: boo
                              batch_first=batch_first)
 
 
+@rejects_torch
 def segment_starts(segment_ids: Any, batch_first: bool = False) -> jax.Array:
     """``bool``, the layout of ``segment_ids``: True at the first step of every segment.
 
@@ -238,6 +241,7 @@ def segment_starts(segment_ids: Any, batch_first: bool = False) -> jax.Array:
     return _step_mask(sequence_starts, segment_ids, batch_first)
 
 
+@rejects_torch
 def segment_ends(segment_ids: Any, batch_first: bool = False) -> jax.Array:
     """``bool``, the layout of ``segment_ids``: True at the last step of every segment.
 
@@ -259,6 +263,7 @@ def _step_mask(mark: Any, segment_ids: Any, batch_first: bool) -> jax.Array:
     return marked.T if batch_first else marked
 
 
+@rejects_torch
 def segment_lengths(segment_ids: Any, max_segments: Optional[int] = None,
                     batch_first: bool = False) -> jax.Array:
     """Length of every segment: ``int32 [B, S]`` (0 for a segment number a row does not hold).
@@ -275,6 +280,7 @@ def segment_lengths(segment_ids: Any, max_segments: Optional[int] = None,
     return segment_layout(ids, max_segments).sizes
 
 
+@rejects_torch
 def segment_last(output: jax.Array, segment_ids: Any, max_segments: Optional[int] = None,
                  batch_first: bool = False) -> jax.Array:
     """Each segment's output at its own last step: the packed-row twin of :func:`last_valid`.
@@ -314,6 +320,7 @@ def reduce_per_segment(x: jax.Array, layout: SegmentLayout, reducer, empty) -> j
     return reduced.reshape((B, S) + x.shape[2:])
 
 
+@rejects_torch
 def segment_sum(x: jax.Array, segment_ids: Any, max_segments: Optional[int] = None,
                 batch_first: bool = False) -> jax.Array:
     """Sum over each segment's steps: the packed-row twin of :func:`masked_sum`.
@@ -337,6 +344,7 @@ def segment_sum(x: jax.Array, segment_ids: Any, max_segments: Optional[int] = No
     return reduce_per_segment(x, layout, jax.ops.segment_sum, 0)
 
 
+@rejects_torch
 def segment_mean(x: jax.Array, segment_ids: Any, max_segments: Optional[int] = None,
                  batch_first: bool = False) -> jax.Array:
     """Mean over each segment's steps: the packed-row twin of :func:`masked_mean`.
@@ -354,6 +362,7 @@ def segment_mean(x: jax.Array, segment_ids: Any, max_segments: Optional[int] = N
     return total / count.astype(jnp.result_type(total.dtype, float))
 
 
+@rejects_torch
 def segment_max(x: jax.Array, segment_ids: Any, max_segments: Optional[int] = None,
                 batch_first: bool = False, *, empty_value: float = 0.0) -> jax.Array:
     """Maximum over each segment's steps: the packed-row twin of :func:`masked_max`.
@@ -372,6 +381,7 @@ def segment_max(x: jax.Array, segment_ids: Any, max_segments: Optional[int] = No
     return jnp.where(present, best, jnp.asarray(empty_value, x.dtype))
 
 
+@rejects_torch
 def segment_broadcast(values: jax.Array, segment_ids: Any, batch_first: bool = False) -> jax.Array:
     """Give every step its segment's entry: ``[B, S, F...] -> [T, B, F...]`` (or ``[B, T, F...]``).
 

@@ -26,9 +26,10 @@ from __future__ import annotations
 import contextlib
 import contextvars
 import functools
+import inspect
 import numbers
 from collections.abc import Callable, Iterator
-from typing import Any, Literal, Optional, get_args
+from typing import Any, Literal, Optional, TypeVar, get_args
 
 import jax
 import jax.numpy as jnp
@@ -41,6 +42,75 @@ TracedPolicy = Literal["skip", "checkify"]
 _TRACED_POLICIES = get_args(TracedPolicy)
 _traced_policy: contextvars.ContextVar[str] = contextvars.ContextVar("jaxseq_traced_lengths",
                                                                      default="skip")
+
+
+_F = TypeVar("_F", bound=Callable[..., Any])
+
+
+def is_torch_tensor(x: Any) -> bool:
+    """True for a ``torch.Tensor`` (or ``nn.Parameter``...), told by its type's module: jaxseq never
+    imports torch."""
+    cls = type(x)
+    return cls.__module__.startswith("torch") and any(
+        c.__name__ == "Tensor" and c.__module__ == "torch" for c in cls.__mro__)
+
+
+def _torch_keys(value: Any) -> Optional[list]:
+    """The keys leading to the first torch tensor in ``value`` and the lists, tuples and dicts it
+    holds (``[]``: ``value`` itself), or ``None``."""
+    if is_torch_tensor(value):
+        return []
+    if isinstance(value, (list, tuple)):
+        items: Any = enumerate(value)
+    elif isinstance(value, dict):
+        items = value.items()
+    else:
+        return None
+    for key, item in items:
+        found = _torch_keys(item)
+        if found is not None:
+            return [key, *found]
+    return None
+
+
+def reject_torch(value: Any, name: str) -> None:
+    """Raise ``TypeError`` if ``value`` is, or holds (in lists, tuples, dicts), a torch tensor.
+
+    jaxseq takes JAX or numpy arrays; the message names the conversion. (Why not convert silently:
+    ``jax.jit`` refuses torch tensors anyway, so code that relied on it would break once jitted; a
+    silent conversion would also hide a device-to-host copy per call and drop ``requires_grad``.)
+
+    >>> reject_torch([np.zeros(2)], "sequences")          # numpy, lists of arrays: fine
+    """
+    keys = _torch_keys(value)
+    if keys is not None:
+        path = name + "".join(f"[{key!r}]" for key in keys)
+        raise TypeError(
+            f"`{path}` is a torch.Tensor: jaxseq takes JAX or numpy arrays. Convert it once, where "
+            f"the data enters: `jnp.asarray({path}.detach().cpu().numpy())` (a CPU tensor "
+            f"without gradient: `{path}.numpy()`)"
+            + ("; a torch state_dict goes in with jaxseq.load_torch_state_dict"
+               if name == "params" else ""))
+
+
+def rejects_torch(fn: _F) -> _F:
+    """Decorate a public entry point: every argument is checked with :func:`reject_torch` first.
+
+    The one choke point for torch tensors: a torch tensor anywhere jaxseq takes an array (and in
+    the lists, tuples and dicts it takes, such as ``hx`` or ``params``) raises a ``TypeError``
+    naming the argument and the conversion, before any computation.
+    """
+    names = list(inspect.signature(fn).parameters)
+
+    @functools.wraps(fn)
+    def checked_call(*args: Any, **kwargs: Any) -> Any:
+        for i, value in enumerate(args):
+            reject_torch(value, names[i] if i < len(names) else f"args[{i}]")
+        for name, value in kwargs.items():
+            reject_torch(value, name)
+        return fn(*args, **kwargs)
+
+    return checked_call  # type: ignore[return-value]
 
 
 def is_concrete(x: Any) -> bool:
@@ -119,12 +189,26 @@ def _resolve_policy(traced: Optional[TracedPolicy]) -> str:
     return policy
 
 
+def layout_hint(batch_first: Optional[bool]) -> str:
+    """The sentences added to a shape error whose numbers fit the input with its batch and time
+    axes swapped: they name ``batch_first`` and the value that reads the data as it is shaped
+    (``None``: the caller has no layout option)."""
+    if batch_first is None:
+        return " The numbers fit the input with its batch and time axes swapped: check its layout."
+    now, other = ("[B, T, ...]", "[T, B, ...]") if batch_first else ("[T, B, ...]", "[B, T, ...]")
+    return (f" The numbers fit the other layout: with batch_first={batch_first} the input is read "
+            f"as {now}; data shaped {other} needs batch_first={not batch_first} (a layer takes it "
+            f"at construction, e.g. LSTM(..., batch_first={not batch_first})).")
+
+
+@rejects_torch
 def check_lengths(lengths: Any, max_len: int, batch_size: int | None = None,
-                  *, name: str = "lengths", traced: Optional[TracedPolicy] = None) -> jax.Array:
+                  *, name: str = "lengths", traced: Optional[TracedPolicy] = None,
+                  batch_first: Optional[bool] = None) -> jax.Array:
     """Validate a ``[B]`` integer array of sequence lengths and return it as ``int32``.
 
     Args:
-      lengths: integer array-like ``[B]`` (jax/numpy array, list, CPU torch tensor) with
+      lengths: integer array-like ``[B]`` (jax/numpy array, list) with
         ``0 <= lengths[b] <= max_len``.
       max_len: the padded time extent ``T``.
       batch_size: expected ``B``; ``None`` skips that check.
@@ -134,12 +218,15 @@ def check_lengths(lengths: Any, max_len: int, batch_size: int | None = None,
         enclosing function must be run under ``jax.experimental.checkify.checkify`` (outside it JAX
         refuses to stage the check). ``None`` (default) means ``"checkify"`` inside a function
         wrapped by :func:`checked` and ``"skip"`` elsewhere.
+      batch_first: the caller's layout, if it has one: when ``len(lengths)`` is not ``batch_size``
+        but ``max_len`` (the numbers fit the input in the other layout), the message says so and
+        names the ``batch_first`` that fits; ``None``: a layout-free hint.
 
     Returns:
       ``jnp.int32`` array ``[B]``.
 
     Raises:
-      TypeError: ``lengths`` is not of an integer dtype.
+      TypeError: ``lengths`` is not of an integer dtype, or is a torch tensor.
       ValueError: wrong rank, ``B`` mismatch, or (when concrete) a value ``< 0`` or ``> max_len``;
         nothing is ever silently truncated or clamped.
 
@@ -151,15 +238,17 @@ def check_lengths(lengths: Any, max_len: int, batch_size: int | None = None,
     ValueError: `lengths` must satisfy 0 <= lengths[b] <= T=3, but found lengths[1] = 4
     """
     policy = _resolve_policy(traced)
-    if not isinstance(lengths, jax.Array):  # lists, numpy arrays, CPU torch tensors
+    if not isinstance(lengths, jax.Array):  # lists, numpy arrays
         lengths = np.asarray(lengths)
     if lengths.size and not jnp.issubdtype(lengths.dtype, jnp.integer):
         raise TypeError(f"`{name}` must have an integer dtype, got {lengths.dtype}")
     if lengths.ndim != 1:
         raise ValueError(f"`{name}` must have shape [B], got shape {tuple(lengths.shape)}")
     if batch_size is not None and lengths.shape[0] != batch_size:
+        hint = (f". {max_len} is the time extent T of the input." + layout_hint(batch_first)
+                if lengths.shape[0] == max_len else "")
         raise ValueError(f"Expected len({name}) to be equal to batch_size, but got "
-                         f"{lengths.shape[0]} (batch_size={batch_size})")
+                         f"{lengths.shape[0]} (batch_size={batch_size}){hint}")
     if is_concrete(lengths) and lengths.size:
         host = np.asarray(lengths)
         bad = np.flatnonzero((host < 0) | (host > max_len))

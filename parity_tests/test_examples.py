@@ -161,6 +161,71 @@ def test_char_lm_first_sgd_steps_match_torch(tiny_data):
                                atol=1e-12)
 
 
+# -- grain pipelines and --quick runs ----------------------------------------------------------
+def test_char_lm_grain_batches_cover_every_character_once(tiny_data):
+    """Packed and padded: every word of the split once (its characters + EOS as targets), in
+    batches of one static shape."""
+    words = tiny_data.valid.words
+    want = sorted(list(tiny_data.encode(w)) + [EOS] for w in words)
+    rows = char_lm.rows_per_batch(tiny_data, 16)
+    for packed in (True, False):
+        got, shapes = [], set()
+        for inputs, layout, targets in char_lm.arrays(tiny_data, "valid", 16, packed=packed,
+                                                      shuffle=True, seed=4):
+            inputs, layout, targets = (np.asarray(a) for a in (inputs, layout, targets))
+            shapes.add(inputs.shape)
+            if packed:
+                spans = [(b, layout[b] == s) for b in range(len(layout))
+                         for s in range(1, layout[b].max() + 1)]
+            else:
+                spans = [(b, np.arange(inputs.shape[1]) < n) for b, n in enumerate(layout) if n]
+            for b, where in spans:
+                assert inputs[b][where][0] == BOS
+                np.testing.assert_array_equal(inputs[b][where][1:], targets[b][where][:-1])
+                got.append(list(targets[b][where]))
+        assert sorted(got) == want
+        if packed:
+            assert shapes == {(rows, char_lm.ROW_LENGTH)}
+        else:
+            assert all(b == 16 and t % 8 == 0 for b, t in shapes)
+
+
+QUICK = ["--quick", "--words-per-language", "200", "--epochs", "1", "--max-steps", "12",
+         "--learning-rate", "0.01"]
+
+
+def test_char_lm_quick_run_trains_on_grain_packed_rows(tmp_path):
+    """``char_lm.py --quick`` (grain's packer, packed rows), cut to a few steps: it learns."""
+    perplexity = char_lm.main([*QUICK, "--out", str(tmp_path)])
+    assert perplexity < 30, perplexity                    # uniform would be 60
+
+
+@pytest.mark.slow
+def test_word_language_quick_run_trains_on_grain_batches(tmp_path):
+    """``word_language.py --quick`` (grain, padded batches), cut to a few steps: it learns. (Its
+    grain pipeline trains in the default suite too: the multi-device test below.)"""
+    accuracy = word_language.main([*QUICK, "--out", str(tmp_path)])
+    assert accuracy > 0.15, accuracy                      # chance is 0.1
+
+
+def test_word_language_grain_batches_cover_every_word_once(tiny_data):
+    """Padded batches of the grain pipeline: every word once, T a multiple of 8, rows a multiple
+    of the device count, filler rows empty (length 0, label IGNORE)."""
+    mesh = word_language.make_mesh()
+    seen, shapes = [], set()
+    for tokens, lengths, labels in word_language.device_batches(tiny_data, "valid", 30, mesh,
+                                                                shuffle=True, seed=2):
+        tokens, lengths, labels = (np.asarray(a) for a in (tokens, lengths, labels))
+        shapes.add(tokens.shape)
+        real = labels != IGNORE
+        assert (lengths[~real] == 0).all() and (tokens[~real] == PAD).all()
+        for row, n in zip(tokens[real], lengths[real]):
+            assert (row[:n] != PAD).all() and (row[n:] == PAD).all()
+            seen.append(row[:n].tolist())
+    assert sorted(seen) == sorted(tiny_data.encode(w).tolist() for w in tiny_data.valid.words)
+    assert all(b == 30 and t % 8 == 0 for b, t in shapes)
+
+
 # -- orbax checkpoint -------------------------------------------------------------------------
 def test_checkpoint_round_trip_gives_identical_predictions(tiny_data, tmp_path):
     config = dataclasses.replace(TINY, learning_rate=3e-3)

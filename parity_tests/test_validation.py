@@ -46,9 +46,53 @@ BAD_INPUTS = [
     ("lengths scalar", lambda: LSTM(X, jnp.array(2)), ValueError, "must have shape [B], got shape ()"),
     ("lengths B mismatch", lambda: LSTM(X, jnp.array([2, 1, 1])), ValueError,
      "Expected len(lengths) to be equal to batch_size, but got 3 (batch_size=2)"),
-    ("lengths torch > T", lambda: LSTM(X, torch.tensor([2, 9])), ValueError, "found lengths[1] = 9"),
+    ("lengths torch", lambda: LSTM(X, torch.tensor([2, 1])), TypeError,
+     "`lengths` is a torch.Tensor: jaxseq takes JAX or numpy arrays. Convert it once, where the "
+     "data enters: `jnp.asarray(lengths.detach().cpu().numpy())`"),
     ("lengths batch_first B", lambda: jaxseq.GRU(I, H, batch_first=True, rngs=nnx.Rngs(0))(
         jnp.zeros((B, T, I)), jnp.array([1, 1, 1])), ValueError, "but got 3 (batch_size=2)"),
+    # lengths that fit the other layout name batch_first (x time-major [5, 2, 3])
+    ("lengths fit batch-first x", lambda: LSTM(jnp.zeros((B, T, I)), jnp.array([2, 1])), ValueError,
+     "Expected len(lengths) to be equal to batch_size, but got 2 (batch_size=5). 2 is the time "
+     "extent T of the input. The numbers fit the other layout: with batch_first=False the input "
+     "is read as [T, B, ...]; data shaped [B, T, ...] needs batch_first=True (a layer takes it at "
+     "construction, e.g. LSTM(..., batch_first=True))."),
+    ("lengths fit time-major x", lambda: jaxseq.GRU(I, H, batch_first=True, rngs=nnx.Rngs(0))(
+        X, jnp.array([2, 1])), ValueError, "data shaped [T, B, ...] needs batch_first=False"),
+    ("last_valid other layout", lambda: jaxseq.last_valid(X, jnp.array([5, 5]), batch_first=True),
+     ValueError, "but got 2 (batch_size=5). 2 is the time extent T of the input. The numbers fit "
+     "the other layout: with batch_first=True the input is read as [B, T, ...]"),
+    ("reverse_padded other layout", lambda: jaxseq.reverse_padded(
+        jnp.zeros((B, T)), jnp.array([1, 2])), ValueError, "needs batch_first=True"),
+    ("unpad_sequence other layout", lambda: jaxseq.unpad_sequence(X, np.array([1, 2]),
+                                                                  batch_first=True),
+     ValueError, "needs batch_first=False"),
+    ("masked_mean other layout", lambda: jaxseq.masked_mean(jnp.zeros((B, T, 1)), jnp.array([1, 2])),
+     ValueError, "needs batch_first=True"),
+    ("BatchNorm lengths other layout", lambda: jaxseq.BatchNorm(I)(jnp.ones((B, T, I)),
+                                                                   jnp.array([1, 2])),
+     ValueError, "needs batch_first=True"),
+    ("CRF lengths other layout", lambda: jaxseq.CRF(3, rngs=nnx.Rngs(0))(
+        jnp.zeros((B, T, 3)), jnp.zeros((B, T), jnp.int32), lengths=jnp.array([1, 2])),
+     ValueError, "needs batch_first=True"),
+    ("CRF mask other layout", lambda: jaxseq.CRF(3, rngs=nnx.Rngs(0)).decode(
+        jnp.zeros((T, B, 3)), jnp.ones((B, T), bool)), ValueError,
+     "the first two dimensions of `emissions` and `mask` must match, got (5, 2) and (2, 5). The "
+     "numbers fit the other layout"),
+    ("ctc input_lengths other layout", lambda: jaxseq.ctc_loss(
+        jnp.zeros((B, T, 3)), jnp.ones((5, 1), jnp.int32), jnp.array([1, 1]), jnp.ones(5, jnp.int32)),
+     ValueError, "needs batch_first=True"),
+    ("segment_ids other layout", lambda: LSTM(X, segment_ids=jnp.ones((B, T), jnp.int32)),
+     ValueError, "`segment_ids` must have shape [T, B] = (5, 2) (the first two axes of the input), "
+     "got (2, 5). The numbers fit the other layout"),
+    ("masked loss mask other layout", lambda: jaxseq.masked_cross_entropy(
+        jnp.zeros((T, B, 3)), jnp.zeros((T, B), jnp.int32), jaxseq.length_mask(jnp.array([5, 2]), T)),
+     ValueError, "`mask` of shape (2, 5) does not broadcast to the targets shape (5, 2). Its first "
+     "two axes fit the other layout: length_mask(lengths, T) gives [B, T] (batch_first=True, its "
+     "default); time-major [T, B, ...] data needs length_mask(lengths, T, batch_first=False)"),
+    ("attention lengths other layout", lambda: jaxseq.attention_weights(
+        jnp.zeros((T, B)), jnp.array([1, 2])), ValueError,
+     "The numbers fit the input with its batch and time axes swapped: check its layout."),
     ("lengths for unbatched x", lambda: LSTM(jnp.zeros((T, I)), jnp.array([T])), ValueError,
      "`lengths` must be None for unbatched input"),
     ("last_valid lengths > T", lambda: jaxseq.last_valid(X, jnp.array([6, 1])), ValueError,
@@ -201,9 +245,9 @@ def test_check_floating_accepts_low_precision():
         check_floating(np.complex64, "x")
 
 
-def test_lengths_accept_lists_and_cpu_torch_tensors():
+def test_lengths_accept_lists_tuples_and_arrays():
     want = np.array([3, 0], np.int32)
-    for lengths in ([3, 0], (3, 0), np.array([3, 0]), torch.tensor([3, 0])):
+    for lengths in ([3, 0], (3, 0), np.array([3, 0]), jnp.array([3, 0])):
         got = check_lengths(lengths, 3, 2)
         assert got.dtype == jnp.int32 and np.array_equal(got, want)
 
@@ -293,3 +337,94 @@ def test_checked_forwards_extra_error_sets():
                    errors=checkify.user_checks | checkify.nan_checks)
     with pytest.raises(checkify.JaxRuntimeError, match="nan generated"):
         safe(-jnp.ones((T, B, I)), jnp.array([1, 2]))
+
+
+# --------------------------------------------------------------------------------------------
+# torch tensors where jaxseq takes arrays: a TypeError naming the argument and the conversion
+# --------------------------------------------------------------------------------------------
+def _t(array):
+    return torch.tensor(np.array(array))
+
+
+LENGTHS = jnp.array([5, 2])
+CRF = jaxseq.CRF(3, rngs=nnx.Rngs(0))
+TORCH_INPUTS = [
+    ("LSTM x", lambda: LSTM(_t(X)), "x"),
+    ("LSTM hx", lambda: LSTM(X, hx=(H0, _t(H0))), "hx[1]"),
+    ("LSTM segment_ids", lambda: LSTM(X, segment_ids=_t(np.ones((T, B), np.int32))), "segment_ids"),
+    ("LSTM dropout_masks", lambda: LSTM3(X, dropout_masks=[None, _t(np.ones(()))]),
+     "dropout_masks[1]"),
+    ("GRUCell x", lambda: jaxseq.GRUCell(I, H, rngs=nnx.Rngs(0))(_t(X[0])), "x"),
+    ("functional params", lambda: F.lstm({k: _t(v) for k, v in LSTM.param_dict().items()}, X),
+     "params['weight_ih_l0']"),
+    ("functional cell_step x", lambda: F.cell_step("GRU", {k: v[...] for k, v in {
+        "weight_ih": GRU.weight_ih_l0, "weight_hh": GRU.weight_hh_l0, "bias_ih": GRU.bias_ih_l0,
+        "bias_hh": GRU.bias_hh_l0}.items()}, _t(X[0])), "x"),
+    ("check_lengths", lambda: check_lengths(torch.tensor([1]), 2), "lengths"),
+    ("length_mask", lambda: jaxseq.length_mask(torch.tensor([1, 2]), 3), "lengths"),
+    ("last_valid output", lambda: jaxseq.last_valid(_t(X), LENGTHS), "output"),
+    ("reverse_padded lengths", lambda: jaxseq.reverse_padded(X, _t(LENGTHS)), "lengths"),
+    ("pad_sequence", lambda: jaxseq.pad_sequence([jnp.ones(2), _t(np.ones(3))]), "sequences[1]"),
+    ("unpad_sequence", lambda: jaxseq.unpad_sequence(_t(X), LENGTHS), "padded"),
+    ("masked_max", lambda: jaxseq.masked_max(_t(X), LENGTHS), "x"),
+    ("segment_mean ids", lambda: jaxseq.segment_mean(X, _t(np.ones((T, B), np.int32))),
+     "segment_ids"),
+    ("masked_cross_entropy", lambda: jaxseq.masked_cross_entropy(
+        X, jnp.zeros((T, B), jnp.int32), _t(np.ones((T, B), bool))), "mask"),
+    ("masked_mse", lambda: jaxseq.masked_mse(X, _t(X)), "target"),
+    ("ctc_loss targets", lambda: jaxseq.ctc_loss(X, _t(np.ones((B, 1), np.int64)), LENGTHS,
+                                                 jnp.array([1, 1])), "targets"),
+    ("CRF emissions", lambda: CRF(_t(X), jnp.zeros((T, B), jnp.int32)), "emissions"),
+    ("CRF.decode mask", lambda: CRF.decode(X, _t(np.ones((T, B), bool))), "mask"),
+    ("paths_to_lists", lambda: jaxseq.paths_to_lists(_t(np.zeros((T, B), np.int32))), "paths"),
+    ("BatchNorm x", lambda: jaxseq.BatchNorm(I)(_t(X)), "x"),
+    ("LockedDropout x", lambda: jaxseq.LockedDropout(0.5)(_t(X)), "x"),
+    ("dot_attention keys", lambda: jaxseq.dot_attention(X[0].T, _t(X), X, LENGTHS), "keys"),
+    ("reorder_state", lambda: jaxseq.reorder_state({"h": _t(X)}, jnp.array([1, 0])),
+     "state['h']"),
+    ("pack_rows lengths", lambda: jaxseq.pack_rows(torch.tensor([3, 2]), 8), "lengths"),
+    ("bucket_by_length", lambda: jaxseq.bucket_by_length(torch.tensor([3, 2]), 2), "lengths"),
+    ("RowPacking.pack", lambda: jaxseq.pack_rows([3, 2], 8).pack([np.ones(3), _t(np.ones(2))]),
+     "sequences[1]"),
+]
+
+
+@pytest.mark.parametrize("call, path", [case[1:] for case in TORCH_INPUTS],
+                         ids=[case[0] for case in TORCH_INPUTS])
+def test_torch_tensors_raise_a_type_error_naming_the_conversion(call, path):
+    with pytest.raises(TypeError) as info:
+        call()
+    assert str(info.value).startswith(
+        f"`{path}` is a torch.Tensor: jaxseq takes JAX or numpy arrays. Convert it once, where the "
+        f"data enters: `jnp.asarray({path}.detach().cpu().numpy())` (a CPU tensor without "
+        f"gradient: `{path}.numpy()`)")
+
+
+def test_torch_params_name_the_state_dict_loader_and_parameters_pass():
+    with pytest.raises(TypeError, match=r"a torch state_dict goes in with "
+                                        r"jaxseq\.load_torch_state_dict"):
+        F.gru({k: _t(v) for k, v in GRU.param_dict().items()}, X)
+    weight = torch.nn.Parameter(torch.zeros(2))                   # a Tensor subclass
+    with pytest.raises(TypeError, match=r"`x` is a torch\.Tensor"):
+        jaxseq.masked_sum(weight, jnp.array([1]))
+    np.testing.assert_array_equal(jaxseq.masked_sum(np.ones((2, 1)), [1]), [1.0])   # numpy: fine
+    assert jaxseq.load_torch_state_dict(GRU, {k: _t(v) for k, v in GRU.param_dict().items()}) is GRU
+
+
+def test_every_public_entry_point_checks_for_torch_tensors():
+    """Each public function or module call that takes arrays goes through ``rejects_torch``."""
+    exempt = {"checked", "keep_mask",                              # a function; a PRNG key
+              "load_torch_state_dict", "torch_state_dict"}         # torch state_dicts by design
+    unchecked = []
+    for name in jaxseq.__all__:
+        obj = getattr(jaxseq, name)
+        if isinstance(obj, type):
+            obj = obj.__call__
+        elif not callable(obj) or name in exempt:
+            continue
+        if not hasattr(obj, "__wrapped__"):
+            unchecked.append(name)
+    for fn in (F.recurrent, F.cell_step, jaxseq.CRF.decode):
+        if not hasattr(fn, "__wrapped__"):
+            unchecked.append(fn.__qualname__)
+    assert not unchecked, unchecked

@@ -47,12 +47,15 @@ from jaxseq.segments import (
     sequence_ends,
     sequence_starts,
 )
+from jaxseq.torch_attributes import TorchAttributes
 from jaxseq.validation import (
     check_floating,
     check_lengths,
     check_size,
     host_array,
     is_concrete,
+    layout_hint,
+    rejects_torch,
     traced_policy,
 )
 
@@ -286,8 +289,9 @@ def _check_mask(mask: Any, max_len: int, batch: int, batch_first: bool) -> jax.A
                         "mask.astype(bool))")
     want = (batch, max_len) if batch_first else (max_len, batch)
     if tuple(mask.shape) != want:
+        hint = "." + layout_hint(batch_first) if tuple(mask.shape) == want[::-1] else ""
         raise ValueError(f"the first two dimensions of `emissions` and `mask` must match, got "
-                         f"{want} and {tuple(mask.shape)}")
+                         f"{want} and {tuple(mask.shape)}{hint}")
     rule = ("`mask` must be a prefix of each row (True for t < its length, then False); "
             "row {} breaks this at t = {} (value {})")
     if is_concrete(mask):
@@ -327,7 +331,7 @@ def _bounds(shape: tuple[int, ...], mask: Any, lengths: Any, segment_ids: Any,
         return _Bounds(_check_mask(mask, max_len, batch, batch_first), None, 1)
     if lengths is None:
         return _Bounds(jnp.full((batch,), max_len, jnp.int32), None, 1)
-    return _Bounds(check_lengths(lengths, max_len, batch), None, 1)
+    return _Bounds(check_lengths(lengths, max_len, batch, batch_first=batch_first), None, 1)
 
 
 def _check_tags(tags: Any, shape: tuple[int, ...], bounds: _Bounds, num_tags: int,
@@ -360,6 +364,7 @@ def _check_tags(tags: Any, shape: tuple[int, ...], bounds: _Bounds, num_tags: in
 # --------------------------------------------------------------------------------------------
 # Public functions
 # --------------------------------------------------------------------------------------------
+@rejects_torch
 def crf_log_likelihood(params: CRFParams, emissions: jax.Array, tags: jax.Array,
                        mask: Optional[jax.Array] = None, *, lengths: Optional[jax.Array] = None,
                        segment_ids: Optional[jax.Array] = None, max_segments: Optional[int] = None,
@@ -425,6 +430,7 @@ def crf_log_likelihood(params: CRFParams, emissions: jax.Array, tags: jax.Array,
                                 batch_first=batch_first)
 
 
+@rejects_torch
 def crf_decode(params: CRFParams, emissions: jax.Array, mask: Optional[jax.Array] = None, *,
                lengths: Optional[jax.Array] = None, segment_ids: Optional[jax.Array] = None,
                max_segments: Optional[int] = None, batch_first: bool = False) -> jax.Array:
@@ -456,6 +462,7 @@ def crf_decode(params: CRFParams, emissions: jax.Array, mask: Optional[jax.Array
     return _decode_core(params, emissions, bounds.lengths, bounds.ids, batch_first=batch_first)
 
 
+@rejects_torch
 def paths_to_lists(paths: Any, segment_ids: Any = None, *, batch_first: bool = False) -> list:
     """Host-side: Viterbi paths as Python lists of tags, one list per sequence.
 
@@ -500,7 +507,7 @@ def paths_to_lists(paths: Any, segment_ids: Any = None, *, batch_first: bool = F
 # --------------------------------------------------------------------------------------------
 # The module
 # --------------------------------------------------------------------------------------------
-class CRF(nnx.Module):
+class CRF(TorchAttributes, nnx.Module):
     """Twin of ``torchcrf.CRF(num_tags, batch_first)`` (pytorch-crf 0.7.2).
 
     Parameters (``nnx.Param``), named and shaped as pytorch-crf's, each ``U(-0.1, 0.1)``:
@@ -514,6 +521,8 @@ class CRF(nnx.Module):
       rngs: ``rngs.params()`` draws the initial values.
       param_dtype: the parameters' dtype, which is also the compute dtype (default float32).
 
+    Attributes ``num_tags`` and ``batch_first`` are pytorch-crf's, read-only.
+
     Raises:
       TypeError / ValueError: ``num_tags`` not an integer ``>= 1``, ``param_dtype`` not floating.
 
@@ -526,20 +535,32 @@ class CRF(nnx.Module):
     [4, 2]
     """
 
+    TORCH_ATTRIBUTES = ("num_tags", "batch_first")
+
     def __init__(self, num_tags: int, batch_first: bool = False, *, rngs: nnx.Rngs,
                  param_dtype: Any = jnp.float32):
         num_tags = check_size(num_tags, "num_tags")
-        self.num_tags, self.batch_first = num_tags, bool(batch_first)
+        self._batch_first = bool(batch_first)
         values = init_crf_params(rngs.params(), num_tags, param_dtype)
         self.start_transitions = nnx.Param(values.start_transitions)
         self.end_transitions = nnx.Param(values.end_transitions)
         self.transitions = nnx.Param(values.transitions)
+
+    @property
+    def num_tags(self) -> int:
+        """``K``, from the parameters' shape."""
+        return int(self.transitions.shape[-1])
+
+    @property
+    def batch_first(self) -> bool:
+        return self._batch_first
 
     def crf_params(self) -> CRFParams:
         """The current parameter values, for :func:`crf_log_likelihood` / :func:`crf_decode`."""
         return CRFParams(self.start_transitions[...], self.end_transitions[...],
                          self.transitions[...])
 
+    @rejects_torch
     def __call__(self, emissions: jax.Array, tags: jax.Array, mask: Optional[jax.Array] = None,
                  reduction: str = "sum", *, lengths: Optional[jax.Array] = None,
                  segment_ids: Optional[jax.Array] = None,
@@ -549,6 +570,7 @@ class CRF(nnx.Module):
                                   segment_ids=segment_ids, max_segments=max_segments,
                                   reduction=reduction, batch_first=self.batch_first)
 
+    @rejects_torch
     def decode(self, emissions: jax.Array, mask: Optional[jax.Array] = None, *,
                lengths: Optional[jax.Array] = None, segment_ids: Optional[jax.Array] = None,
                max_segments: Optional[int] = None) -> jax.Array:

@@ -69,7 +69,7 @@ from jaxseq.segments import (
     segment_layout,
     sequence_starts,
 )
-from jaxseq.validation import check_floating, check_lengths, is_concrete, traced_policy
+from jaxseq.validation import check_floating, check_lengths, is_concrete, rejects_torch, traced_policy
 
 #: ``reduction`` of :func:`ctc_loss`.
 REDUCTIONS = ("none", "sum", "mean")
@@ -347,6 +347,7 @@ def _check_blank(blank: Any, num_classes: int) -> int:
 # --------------------------------------------------------------------------------------------
 # Public function
 # --------------------------------------------------------------------------------------------
+@rejects_torch
 def ctc_loss(log_probs: jax.Array, targets: jax.Array, input_lengths: Optional[jax.Array],
              target_lengths: jax.Array, *, blank: int = 0, reduction: str = "mean",
              zero_infinity: bool = False, batch_first: bool = False,
@@ -439,7 +440,8 @@ def ctc_loss(log_probs: jax.Array, targets: jax.Array, input_lengths: Optional[j
         if input_lengths is None:
             raise ValueError("`input_lengths` is required (it may be None only with "
                              "`segment_ids`)")
-        bounds = check_lengths(input_lengths, max_len, batch, name="input_lengths")
+        bounds = check_lengths(input_lengths, max_len, batch, name="input_lengths",
+                               batch_first=batch_first)
         checked = _padded_targets(targets, target_lengths, batch, num_classes, blank,
                                   max_target_length)
     else:

@@ -19,7 +19,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxseq.validation import is_concrete
+from jaxseq.validation import is_concrete, rejects_torch
 
 _REDUCTIONS = ("mean", "sum", "none")
 
@@ -42,8 +42,13 @@ def _broadcast_mask(mask: jax.Array | None, shape: tuple[int, ...], what: str) -
     except ValueError:
         broadcast = None
     if broadcast != tuple(shape):
+        swapped = mask.ndim >= 2 and len(shape) >= 2 and (mask.shape[1], mask.shape[0]) == tuple(
+            shape[:2]) and shape[0] != shape[1]
+        hint = (". Its first two axes fit the other layout: length_mask(lengths, T) gives [B, T] "
+                "(batch_first=True, its default); time-major [T, B, ...] data needs "
+                "length_mask(lengths, T, batch_first=False).") if swapped else ""
         raise ValueError(f"`mask` of shape {tuple(mask.shape)} does not broadcast to the {what} "
-                         f"shape {tuple(shape)}")
+                         f"shape {tuple(shape)}{hint}")
     return jnp.broadcast_to(mask, shape)
 
 
@@ -58,6 +63,7 @@ def _reduce(per_item: jax.Array, denominator: jax.Array, reduction: str) -> jax.
     return jnp.where(nonzero, total / jnp.where(nonzero, denominator, 1), jnp.zeros((), total.dtype))
 
 
+@rejects_torch
 def masked_cross_entropy(logits: jax.Array, targets: jax.Array, mask: jax.Array | None = None, *,
                          ignore_index: int = -100, reduction: str = "mean",
                          label_smoothing: float = 0.0, weight: jax.Array | None = None,
@@ -207,6 +213,7 @@ def _abs_zero_grad_at_zero(x: jax.Array) -> jax.Array:
     return jnp.sign(x) * x
 
 
+@rejects_torch
 def masked_mse(pred: jax.Array, target: jax.Array, mask: jax.Array | None = None, *,
                reduction: str = "mean") -> jax.Array:
     """Squared error ``(pred - target)**2`` over contributing elements, as torch's ``mse_loss``.
@@ -238,6 +245,7 @@ def masked_mse(pred: jax.Array, target: jax.Array, mask: jax.Array | None = None
     return _masked_elementwise(jnp.square, pred, target, mask, reduction)
 
 
+@rejects_torch
 def masked_l1(pred: jax.Array, target: jax.Array, mask: jax.Array | None = None, *,
               reduction: str = "mean") -> jax.Array:
     """Absolute error ``|pred - target|`` over contributing elements, as torch's ``l1_loss``.
