@@ -32,7 +32,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from jaxseq.validation import check_size, is_concrete
+from jaxseq.validation import check_size, is_concrete, rejects_torch
 
 #: ``padding``: an int (both sides, torch's), a ``(low, high)`` pair (Flax's explicit padding), or
 #: a string: ``"valid"`` (none), ``"same"`` (output ``ceil(L / stride)``: torch's ``"same"``
@@ -70,6 +70,7 @@ def _jax_lengths(lengths: jax.Array, excess: int, stride: int) -> jax.Array:
     return jnp.where(lengths > 0, jnp.maximum(out, 0), 0).astype(lengths.dtype)
 
 
+@rejects_torch
 def conv_output_lengths(lengths: Any, kernel_size: int, stride: int = 1, padding: Padding = 0,
                         dilation: int = 1) -> Any:
     """The output lengths of a convolution along one axis (torch's formula, see the module docs).
@@ -128,6 +129,7 @@ def _along(value: Any, axis: int, default: int = 1) -> int:
     return int(value[axis]) if isinstance(value, Sequence) else int(value)
 
 
+@rejects_torch
 def nnx_conv_output_lengths(lengths: Any, conv: nnx.Conv, axis: int = -1) -> Any:
     """The output lengths of ``conv`` along its spatial ``axis`` (:func:`conv_output_lengths` with
     the conv's ``kernel_size``, ``strides``, ``padding``, ``kernel_dilation``).

@@ -34,7 +34,7 @@ import numpy as np
 from flax import nnx
 from jax.experimental import checkify
 
-from jaxseq.validation import check_floating, check_size, is_concrete, traced_policy
+from jaxseq.validation import check_floating, check_size, is_concrete, rejects_torch, traced_policy
 
 
 def check_padding_idx(padding_idx: Optional[int], num_embeddings: int) -> Optional[int]:
@@ -96,6 +96,7 @@ def _lookup(weight: jax.Array, ids: jax.Array, padding_idx: jax.Array) -> jax.Ar
     return jnp.where((ids == padding_idx)[..., None], jax.lax.stop_gradient(rows), rows)
 
 
+@rejects_torch
 def embedding_lookup(weight: jax.Array, ids: Any, padding_idx: Optional[int] = None) -> jax.Array:
     """``weight[ids]`` with torch's ``padding_idx`` gradient rule (``F.embedding``). Pure, jit-able.
 
@@ -198,10 +199,12 @@ class Embedding(nnx.Module):
         pad = "" if self._padding_idx is None else f", padding_idx={self._padding_idx}"
         return f"Embedding({self._num_embeddings}, {self._embedding_dim}{pad})"
 
+    @rejects_torch
     def __call__(self, ids: Any) -> jax.Array:
         """``ids [...]`` (integers in ``[0, N)``) -> ``[..., E]`` (see :func:`embedding_lookup`)."""
         return embedding_lookup(self.weight[...], ids, self._padding_idx)
 
+    @rejects_torch
     def attend(self, query: jax.Array) -> jax.Array:
         """The tied output layer: ``query [..., E] @ weight.T -> [..., N]`` (``nnx.Embed.attend``;
         torch's ``F.linear(query, embedding.weight)``). Row ``padding_idx`` gets its gradient here,

@@ -413,7 +413,7 @@ def test_torch_params_name_the_state_dict_loader_and_parameters_pass():
 
 def test_every_public_entry_point_checks_for_torch_tensors():
     """Each public function or module call that takes arrays goes through ``rejects_torch``."""
-    exempt = {"checked", "keep_mask",                              # a function; a PRNG key
+    exempt = {"checked", "keep_mask", "key_renamer",               # a function; a PRNG key; rules
               "load_torch_state_dict", "torch_state_dict"}         # torch state_dicts by design
     unchecked = []
     for name in jaxseq.__all__:
