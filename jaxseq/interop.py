@@ -152,6 +152,7 @@ class _Mapping(NamedTuple):
     slots: dict[str, _Slot]        # {torch key: slot}, in model order
     paths: dict[tuple, str]        # {graph path of a variable (every path of a shared one): key}
     ignored: set[str]              # keys accepted on load and dropped
+    modules: dict[tuple, str]      # {graph path of a module walked (every path): torch name}
 
 
 def _torch_named(module: nnx.Module) -> Optional[list[str]]:
@@ -188,10 +189,11 @@ def _mapping(model: nnx.Module) -> _Mapping:
     torch name (:data:`RULES`), and the ``layers`` level of an ``nnx.Sequential`` is left out, so
     ``model.postnet.layers[3].kernel`` is ``postnet.3.weight``, as in torch's ``nn.Sequential``
     (whose parameterless modules count as indices too: put ``nnx.relu`` or an ``nnx.Dropout`` at
-    the same positions).
+    the same positions). A module's torch name is its path's the same way (``postnet.3``: what
+    torch's ``named_modules`` calls it).
     """
-    found = _Mapping({}, {}, set())
-    seen: dict[int, Optional[str]] = {}     # id -> torch key (None: a module)
+    found = _Mapping({}, {}, set(), {})
+    seen: dict[int, str] = {}     # id -> torch key (a variable) or name (a module, list, dict)
 
     def add(variable: nnx.Variable, path: tuple, key: str, layout: Layout) -> None:
         seen[id(variable)] = key
@@ -200,9 +202,13 @@ def _mapping(model: nnx.Module) -> _Mapping:
 
     def visit(node: Any, path: tuple, names: tuple) -> None:
         """``path``: the graph path of ``node``; ``names``: its torch name, as parts."""
-        if id(node) in seen:       # shared submodules / variables: first path wins (as torch)
+        shared = id(node) in seen       # shared submodules / variables: first path wins (as torch)
+        if not shared:
+            seen[id(node)] = ".".join(map(str, names))
+        if isinstance(node, nnx.Module):
+            found.modules[path] = seen[id(node)]
+        if shared:
             return
-        seen[id(node)] = None
         key = lambda name: ".".join(map(str, names + (name,)))   # noqa: E731
         torch_names = _torch_named(node) if isinstance(node, nnx.Module) else None
         if torch_names is not None:
@@ -219,7 +225,7 @@ def _mapping(model: nnx.Module) -> _Mapping:
             name = suffix[-1]
             if isinstance(child, TORCH_KINDS):
                 if id(child) in seen:
-                    found.paths[path + suffix] = seen[id(child)]  # type: ignore[assignment]
+                    found.paths[path + suffix] = seen[id(child)]
                     continue
                 if rule is not None:
                     if name not in rule:

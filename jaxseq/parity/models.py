@@ -252,7 +252,7 @@ def compare_models(torch_model: torch.nn.Module, jax_model: nnx.Module, batch: A
              for who, got in (("torch", t.loss_dtype), ("JAX", j.loss_dtype)) if got != dtype]
     if modules:
         module_entries, module_notes = capture.module_entries(
-            torch_calls.calls, jax_calls, capture.torch_names(jax_model), prefix, renamer)
+            torch_calls.calls, jax_calls, prefix, renamer)
         entries += module_entries
         notes += module_notes
     notes += inputs.notes(dtype)
