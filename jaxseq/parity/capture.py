@@ -35,6 +35,7 @@ import contextlib
 import dataclasses
 import functools
 from collections.abc import Callable, Iterator, Sequence
+from contextlib import AbstractContextManager
 from typing import Any, Optional
 
 import jax
@@ -48,6 +49,7 @@ from jaxseq import hooks
 from jaxseq.interop import _mapping
 from jaxseq.parity.comparison import Entry, compared, missing
 from jaxseq.parity.jax_side import Instrument
+from jaxseq.parity.patching import patched
 
 Path = tuple[Any, ...]     # a module's graph path
 
@@ -157,8 +159,15 @@ class TorchModules:
 # ------------------------------------------------------------------------------------------------
 # JAX
 # ------------------------------------------------------------------------------------------------
-def _trace_state() -> Any:
+def trace_state() -> Any:
+    """JAX's current trace (NNX's convention): a value traced inside another one (a scan's body,
+    ``vmap``...) cannot leave it."""
     return jax_core.get_opaque_trace_state(convention="nnx")
+
+
+#: Where a module's output cannot be recorded nor a dropout draw replayed.
+INSIDE_A_TRANSFORMATION = ("inside a JAX transformation that is not a jaxseq decoding loop (a "
+                           "lax.scan, nnx.scan, vmap, remat, an inner jit...)")
 
 
 def _arrays(output: Any) -> list[Any]:
@@ -183,7 +192,7 @@ class _LoopScope(hooks.LoopScope):
 
     @contextlib.contextmanager
     def step(self, inputs_t: Any) -> Iterator[None]:
-        self.owner.scopes.append(_Scope(_trace_state()))
+        self.owner.scopes.append(_Scope(trace_state()))
         try:
             yield
         finally:
@@ -242,38 +251,27 @@ class JaxCalls(Instrument, hooks.Observer):
             self.stack.pop()
         if self.record and not hooks.probing() and self.scopes:
             scope = self.scopes[-1]
-            if scope.trace == _trace_state():
+            if scope.trace == trace_state():
                 scope.records.append((name, _arrays(output)))
             else:
-                self.skipped.setdefault(name, "called inside a JAX transformation that is not a "
-                                              "jaxseq decoding loop (a lax.scan, nnx.scan, vmap, "
-                                              "remat, an inner jit...), where its outputs cannot "
-                                              "be recorded")
+                self.skipped.setdefault(name, f"called {INSIDE_A_TRANSFORMATION}, where its "
+                                              "outputs cannot be recorded")
         return output
 
-    @contextlib.contextmanager
-    def _wrapped(self, classes: Sequence[type]) -> Iterator[None]:
-        saved = []
+    def _wrapped(self, classes: Sequence[type]) -> AbstractContextManager[None]:
+        """Every class's ``__call__`` (its own or inherited) replaced by one that goes through
+        :meth:`_called`, for the block."""
+        patches = []
         for cls in classes:
             if not any("__call__" in vars(klass) for klass in cls.__mro__):
                 continue                                  # instances are not callable
-            original = cls.__call__
-            saved.append((cls, cls.__dict__.get("__call__")))
 
-            def wrapper(module: Any, *args: Any, __original: Callable = original, **kwargs: Any
-                        ) -> Any:
+            def wrapper(module: Any, *args: Any, __original: Callable = cls.__call__,
+                        **kwargs: Any) -> Any:
                 return self._called(__original, module, args, kwargs)
 
-            functools.update_wrapper(wrapper, original)
-            cls.__call__ = wrapper  # type: ignore[method-assign]
-        try:
-            yield
-        finally:
-            for cls, own in reversed(saved):
-                if own is None:
-                    del cls.__call__
-                else:
-                    cls.__call__ = own
+            patches.append((cls, "__call__", functools.update_wrapper(wrapper, cls.__call__)))
+        return patched(patches)
 
     # -- Instrument ----------------------------------------------------------------------------
     @contextlib.contextmanager
@@ -283,7 +281,7 @@ class JaxCalls(Instrument, hooks.Observer):
         names = torch_names(model)
         self.ids = {id(node): names[path] for path, node in modules if path}   # not the model
         self.stack, self.skipped = [], {}
-        self.scopes = [_Scope(_trace_state())]
+        self.scopes = [_Scope(trace_state())]
         classes = sorted({type(node) for _, node in modules}, key=lambda c: len(c.__mro__))
         with self._wrapped(classes), hooks.observing(self):
             yield
