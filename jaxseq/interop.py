@@ -313,6 +313,13 @@ def key_renamer(rename: Optional[Rename]) -> Callable[[str], Optional[str]]:
     return apply
 
 
+def _key_mapper(prefix: str, rename: Optional[Rename]) -> Callable[[str], Optional[str]]:
+    """``torch key -> model key or None``, as :func:`load_torch_state_dict` reads a key:
+    ``prefix`` stripped (``None`` outside it), then ``rename`` (:func:`key_renamer`)."""
+    renamer = key_renamer(rename)
+    return lambda key: renamer(key[len(prefix):]) if key.startswith(prefix) else None
+
+
 def _to_numpy(value: Any) -> np.ndarray:
     if hasattr(value, "detach"):  # torch.Tensor, without importing torch
         value = value.detach().cpu()
@@ -457,10 +464,10 @@ def load_torch_state_dict(module: nnx.Module, state_dict: Mapping[str, Any], *,
         raise TypeError(f"state_dict must be a mapping {{torch name: tensor}}, got "
                         f"{type(state_dict).__name__}")
     found = _mapping(module)
-    renamer = key_renamer(rename)
+    model_key = _key_mapper(prefix, rename)
     given: dict[str, Any] = {}
     for key, value in state_dict.items():
-        new = renamer(key[len(prefix):]) if key.startswith(prefix) else None
+        new = model_key(key)
         if new is not None:
             given[new] = value
     arrays = {key: _to_numpy(value) for key, value in _upgraded(given, found).items()

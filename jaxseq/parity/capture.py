@@ -316,15 +316,15 @@ def torch_names(model: nnx.Module) -> dict[Path, str]:
     return names
 
 
-def _jax_path(torch_path: str, prefix: str, renamer: Callable[[str], Optional[str]]
+def _jax_name(torch_path: str, jax_key: Callable[[str], Optional[str]], prefix: str
               ) -> tuple[Optional[str], str]:
-    """``(the torch-style JAX name, "")`` for a torch module path, or ``(None, why)``."""
+    """``(the torch-style JAX name, "")`` for a torch module path (mapped as a key that starts
+    with it), or ``(None, why)``."""
     dotted = torch_path + "."
-    if not dotted.startswith(prefix):
-        return None, f"outside prefix {prefix!r}"
-    renamed = renamer(dotted[len(prefix):])
+    renamed = jax_key(dotted)
     if renamed is None:
-        return None, "dropped by rename"
+        return None, "dropped by rename" if dotted.startswith(prefix) else \
+            f"outside prefix {prefix!r}"
     return renamed.rstrip("."), ""
 
 
@@ -345,9 +345,11 @@ def _as_jax_layout(leaf: TorchLeaf, want: tuple[int, ...]) -> np.ndarray:
     return value
 
 
-def module_entries(torch_calls: Sequence[TorchCall], jax: JaxCalls, prefix: str,
-                   renamer: Callable[[str], Optional[str]]) -> tuple[list[Entry], list[str]]:
-    """The ``"module"`` entries (``Entry.order``: torch's order of finished calls) and notes."""
+def module_entries(torch_calls: Sequence[TorchCall], jax: JaxCalls,
+                   jax_key: Callable[[str], Optional[str]], prefix: str
+                   ) -> tuple[list[Entry], list[str]]:
+    """The ``"module"`` entries (``Entry.order``: torch's order of finished calls) and notes;
+    ``jax_key``: torch key -> JAX key (``prefix`` stripped, ``rename`` applied)."""
     by_name: dict[str, list[list[np.ndarray]]] = collections.defaultdict(list)
     for called, leaves in jax.calls:
         by_name[called].append(leaves)
@@ -360,7 +362,7 @@ def module_entries(torch_calls: Sequence[TorchCall], jax: JaxCalls, prefix: str,
     for call in torch_calls:
         index = seen[call.path]
         seen[call.path] += 1
-        name, why = _jax_path(call.path, prefix, renamer)
+        name, why = _jax_name(call.path, jax_key, prefix)
         if name is None or name not in by_name:
             if name in skipped:
                 why = f"JAX's {name!r} was {skipped.pop(name)}"
@@ -396,7 +398,7 @@ def module_entries(torch_calls: Sequence[TorchCall], jax: JaxCalls, prefix: str,
         notes.append("JAX modules called with no torch counterpart: " + ", ".join(extra))
     for name, count in ((n, len(c)) for n, c in by_name.items() if n in matched_names):
         torch_calls_of = [c for c in torch_calls
-                          if _jax_path(c.path, prefix, renamer)[0] == name]
+                          if _jax_name(c.path, jax_key, prefix)[0] == name]
         if count > len(torch_calls_of):
             notes.append(f"JAX module {name} called {count} times, torch {len(torch_calls_of)}: "
                          "the extra JAX calls are not compared")
