@@ -233,7 +233,8 @@ class EmbeddingDropout(nnx.Module):
 
     def __init__(self, embed: EmbeddingTable, rate: float, *, deterministic: bool = True,
                  rngs: nnx.Rngs | None = None):
-        if not (callable(embed) and isinstance(getattr(embed, "num_embeddings", None), int)):
+        rows = getattr(embed, "num_embeddings", None)
+        if not (callable(embed) and isinstance(rows, numbers.Integral)):
             raise TypeError(f"embed must be an embedding (nnx.Embed, jaxseq.Embedding: callable, "
                             f"with an integer num_embeddings), got {type(embed).__name__}")
         self.embed = embed
