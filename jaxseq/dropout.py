@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import numbers
 from collections.abc import Sequence
-from typing import Any, Optional
+from typing import Any, Optional, Protocol
 
 import jax
 import jax.numpy as jnp
@@ -189,8 +189,20 @@ def embedding_dropout(key_or_mask: jax.Array, embedding: jax.Array, rate: float 
     return embedding * _embedding_mask(key_or_mask, embedding.shape[0], rate, embedding.dtype)
 
 
+class EmbeddingTable(Protocol):
+    """What :class:`EmbeddingDropout` wraps: a table of ``num_embeddings`` rows looked up by
+    ``__call__(ids [...]) -> [..., E]``: ``nnx.Embed``, :class:`jaxseq.Embedding` (torch's
+    ``padding_idx``), or a module of your own with both."""
+
+    @property
+    def num_embeddings(self) -> int: ...
+
+    def __call__(self, inputs: jax.Array) -> jax.Array: ...
+
+
 class EmbeddingDropout(nnx.Module):
-    """An ``nnx.Embed`` whose lookups drop whole word types in training (AWD-LSTM's ``dropoute``).
+    """An embedding (``nnx.Embed``, :class:`jaxseq.Embedding`) whose lookups drop whole word types
+    in training (AWD-LSTM's ``dropoute``).
 
     Wraps ``embed`` (kept as ``self.embed``, e.g. for weight tying with ``self.embed.attend``). In
     training mode each call draws one mask ``[V, 1]`` over the vocabulary, so every occurrence of a
@@ -199,13 +211,18 @@ class EmbeddingDropout(nnx.Module):
     the masked table. Evaluation mode (the default after construction) is a plain lookup.
 
     Args:
-      embed: an ``nnx.Embed`` (anything with ``num_embeddings`` and ``__call__(int ids) -> [..., E]``).
+      embed: an :class:`EmbeddingTable`: ``nnx.Embed``, :class:`jaxseq.Embedding` (its padding
+        row still gets no gradient), or any module with ``num_embeddings`` and ``__call__(int ids)
+        -> [..., E]``.
       rate: probability of dropping a word type.
       deterministic: initial mode; ``True`` (evaluation) by default. ``.train()`` / ``.eval()`` switch.
       rngs: source of the ``dropout`` stream (may be omitted when ``rate == 0`` or masks are explicit).
 
     Call ``layer(inputs, *, mask=None, deterministic=None, rngs=None)`` with integer ``inputs [...]``;
     returns ``[..., E]``. An explicit ``mask`` (``[V, 1]`` or ``[V]``, already scaled) is always applied.
+
+    Raises:
+      TypeError: ``embed`` is not callable or has no integer ``num_embeddings``.
 
     >>> emb = EmbeddingDropout(nnx.Embed(10, 3, rngs=nnx.Rngs(0)), 0.5, rngs=nnx.Rngs(1))
     >>> ids = jnp.array([[1, 2, 1], [3, 1, 0]])                     # [B, T]
@@ -217,8 +234,12 @@ class EmbeddingDropout(nnx.Module):
     True
     """
 
-    def __init__(self, embed: nnx.Embed, rate: float, *, deterministic: bool = True,
+    def __init__(self, embed: EmbeddingTable, rate: float, *, deterministic: bool = True,
                  rngs: nnx.Rngs | None = None):
+        rows = getattr(embed, "num_embeddings", None)
+        if not (callable(embed) and isinstance(rows, numbers.Integral)):
+            raise TypeError(f"embed must be an embedding (nnx.Embed, jaxseq.Embedding: callable, "
+                            f"with an integer num_embeddings), got {type(embed).__name__}")
         self.embed = embed
         self.rate = check_rate(rate, "rate")
         self.deterministic = deterministic

@@ -33,7 +33,9 @@ so ``model.encoder.lstm.weight_ih_l0`` is ``encoder.lstm.weight_ih_l0``,
 ``postnet.3.weight``. torch's ``nn.Sequential`` counts its parameterless modules (``nn.ReLU``,
 ``nn.Dropout``) as indices too: put callables (``nnx.relu``, an ``nnx.Dropout``) at the same
 positions of the ``nnx.Sequential``; when the indices or one level differ, the error pairs the
-keys that nearly match. The whole ``torch_model.state_dict()`` (parameters and buffers) loads
+keys that nearly match. Before 0.4.0 an ``nnx.Sequential`` kept its ``layers`` level
+(``postnet.layers.3.weight``): a state_dict with those keys still loads, with a
+``FutureWarning``, until 0.5.0. The whole ``torch_model.state_dict()`` (parameters and buffers) loads
 without hand copying. Other Flax layers with variables (``nnx.ConvTranspose``, attention...) have
 no rule and raise. Torch keys that are named differently (AWD-LSTM's ``WeightDrop`` renames
 ``weight_hh_l0`` to ``module.weight_hh_l0_raw``; a tied decoder repeats the embedding) are mapped
@@ -63,6 +65,7 @@ stand for their layers (a State has no module types: without ``like`` an ``nnx.S
 from __future__ import annotations
 
 import re
+import warnings
 from collections.abc import Callable, Collection, Iterable, Mapping
 from typing import Any, NamedTuple, Optional, Union
 
@@ -152,6 +155,8 @@ class _Mapping(NamedTuple):
     slots: dict[str, _Slot]        # {torch key: slot}, in model order
     paths: dict[tuple, str]        # {graph path of a variable (every path of a shared one): key}
     ignored: set[str]              # keys accepted on load and dropped
+    modules: dict[tuple, str]      # {graph path of a module walked (every path): torch name}
+    before_0_4: dict[str, str]     # {key before 0.4.0 (nnx.Sequential's `layers` kept): key}
 
 
 def _torch_named(module: nnx.Module) -> Optional[list[str]]:
@@ -188,29 +193,45 @@ def _mapping(model: nnx.Module) -> _Mapping:
     torch name (:data:`RULES`), and the ``layers`` level of an ``nnx.Sequential`` is left out, so
     ``model.postnet.layers[3].kernel`` is ``postnet.3.weight``, as in torch's ``nn.Sequential``
     (whose parameterless modules count as indices too: put ``nnx.relu`` or an ``nnx.Dropout`` at
-    the same positions).
+    the same positions). A module's torch name is its path's the same way (``postnet.3``: what
+    torch's ``named_modules`` calls it). Before 0.4.0 a key was the graph path with the torch
+    attribute name (``postnet.layers.3.weight``): ``before_0_4`` maps those that differ.
     """
-    found = _Mapping({}, {}, set())
-    seen: dict[int, Optional[str]] = {}     # id -> torch key (None: a module)
+    found = _Mapping({}, {}, set(), {}, {})
+    seen: dict[int, str] = {}     # id -> torch key (a variable) or name (a module, list, dict)
 
-    def add(variable: nnx.Variable, path: tuple, key: str, layout: Layout) -> None:
+    def add(variable: Optional[nnx.Variable], path: tuple, names: tuple, suffix: tuple,
+            torch_name: str, layout: Layout) -> None:
+        """``variable`` (at graph path ``path + suffix``) of the node at ``path`` named ``names``
+        is torch's ``torch_name`` there (``None``: a key accepted on load and ignored)."""
+        key = ".".join(map(str, names + (torch_name,)))
+        before = ".".join(map(str, path + (torch_name,)))     # 0.3: the graph path
+        if before != key:
+            found.before_0_4[before] = key
+        if variable is None:
+            found.ignored.add(key)
+            return
         seen[id(variable)] = key
         found.slots[key] = _Slot(variable, layout)
-        found.paths[path] = key
+        found.paths[path + suffix] = key
 
     def visit(node: Any, path: tuple, names: tuple) -> None:
         """``path``: the graph path of ``node``; ``names``: its torch name, as parts."""
-        if id(node) in seen:       # shared submodules / variables: first path wins (as torch)
+        shared = id(node) in seen       # shared submodules / variables: first path wins (as torch)
+        if not shared:
+            seen[id(node)] = ".".join(map(str, names))
+        if isinstance(node, nnx.Module):
+            found.modules[path] = seen[id(node)]
+        if shared:
             return
-        seen[id(node)] = None
-        key = lambda name: ".".join(map(str, names + (name,)))   # noqa: E731
         torch_names = _torch_named(node) if isinstance(node, nnx.Module) else None
         if torch_names is not None:
             for name in torch_names:
-                add(getattr(node, name), path + (name,), key(name), AS_IS)
+                add(getattr(node, name), path, names, (name,), name, AS_IS)
             return
         rule = RULES.get(type(node))
-        found.ignored.update(key(name) for name in IGNORED_ON_LOAD.get(type(node), ()))
+        for name in IGNORED_ON_LOAD.get(type(node), ()):
+            add(None, path, names, (), name, AS_IS)
         children = _children(node)
         if rule is not None:        # a Flax layer's variables in its rule's (torch's) order
             children.sort(key=lambda item: list(rule).index(item[0][-1])
@@ -219,14 +240,14 @@ def _mapping(model: nnx.Module) -> _Mapping:
             name = suffix[-1]
             if isinstance(child, TORCH_KINDS):
                 if id(child) in seen:
-                    found.paths[path + suffix] = seen[id(child)]  # type: ignore[assignment]
+                    found.paths[path + suffix] = seen[id(child)]
                     continue
                 if rule is not None:
                     if name not in rule:
                         raise TypeError(f"no torch name for {type(child).__name__} {name!r} of "
                                         f"{type(node).__name__} at {_where(path)!r}")
                     torch_name, layout = rule[name]
-                    add(child, path + suffix, key(torch_name), layout)
+                    add(child, path, names, suffix, torch_name, layout)
                 elif type(node).__module__.startswith("flax.nnx.nn."):   # ConvTranspose...
                     supported = ", ".join(f"nnx.{cls.__name__}" for cls in RULES
                                           if cls.__module__.startswith("flax."))
@@ -234,7 +255,7 @@ def _mapping(model: nnx.Module) -> _Mapping:
                                     f"mapping (supported: jaxseq layers and cells, {supported}, "
                                     "custom modules' own Params and BatchStats)")
                 else:
-                    add(child, path + suffix, key(str(name)), AS_IS)
+                    add(child, path, names, suffix, str(name), AS_IS)
             elif isinstance(child, (nnx.Module, list, tuple, dict)):
                 visit(child, path + suffix, names + (name,))
 
@@ -290,6 +311,13 @@ def key_renamer(rename: Optional[Rename]) -> Callable[[str], Optional[str]]:
         return key
 
     return apply
+
+
+def _key_mapper(prefix: str, rename: Optional[Rename]) -> Callable[[str], Optional[str]]:
+    """``torch key -> model key or None``, as :func:`load_torch_state_dict` reads a key:
+    ``prefix`` stripped (``None`` outside it), then ``rename`` (:func:`key_renamer`)."""
+    renamer = key_renamer(rename)
+    return lambda key: renamer(key[len(prefix):]) if key.startswith(prefix) else None
 
 
 def _to_numpy(value: Any) -> np.ndarray:
@@ -354,6 +382,32 @@ def _near_misses(expected: Collection[str], given: Collection[str]) -> str:
     return f"near misses (state_dict key -> model key): {shown} ({'; '.join(why.values())})"
 
 
+#: The release in which the keys jaxseq gave an ``nnx.Sequential`` before 0.4.0 stop loading.
+OLD_SEQUENTIAL_KEYS_UNTIL = "0.5.0"
+
+
+def _upgraded(given: dict[str, Any], found: _Mapping) -> dict[str, Any]:
+    """``given`` with the keys jaxseq gave an ``nnx.Sequential``'s variables before 0.4.0
+    (``postnet.layers.0.weight``) renamed to torch's (``postnet.0.weight``), with a
+    ``FutureWarning``, when that makes the keys exactly the model's; else ``given`` as it is (the
+    key check then raises and pairs the near misses): nothing is guessed."""
+    old = [k for k in given if k in found.before_0_4 and k not in found.slots]
+    if not old:
+        return given
+    upgraded = {found.before_0_4.get(k, k): v for k, v in given.items()}
+    if len(upgraded) != len(given) or set(upgraded) - found.ignored != set(found.slots):
+        return given
+    warnings.warn(
+        f"load_torch_state_dict: {len(old)} key(s) in the form jaxseq gave an nnx.Sequential "
+        f"before 0.4.0 ({old[0]!r}), loaded as torch nn.Sequential's keys "
+        f"({found.before_0_4[old[0]]!r}), which an nnx.Sequential has since 0.4.0. The old form "
+        f"stops loading in jaxseq {OLD_SEQUENTIAL_KEYS_UNTIL}. Migration: save the state_dict "
+        "again with jaxseq.torch_state_dict(model) after this load (a torch model that keeps "
+        "these layers in an nn.ModuleList named 'layers': hold them in an nnx.List attribute "
+        "named 'layers' in the port)", FutureWarning, stacklevel=3)
+    return upgraded
+
+
 def _described(model: nnx.Module) -> str:
     if isinstance(model, RecurrentBase):
         return describe(model.structure)
@@ -387,6 +441,11 @@ def load_torch_state_dict(module: nnx.Module, state_dict: Mapping[str, Any], *,
         (an integer tensor for a parameter or a floating buffer, a floating one for a counter), or
         a Flax layer of the model has no torch mapping.
 
+    Warns:
+      FutureWarning: the keys are those jaxseq gave an ``nnx.Sequential`` before 0.4.0
+        (``postnet.layers.0.weight``, now ``postnet.0.weight``) and are loaded as such; only when
+        that makes every key the model's. The old form stops loading in 0.5.0.
+
     Nothing is written unless every entry checks out. ``num_batches_tracked`` of an
     ``nnx.BatchNorm`` (which has no counter) is accepted and ignored.
 
@@ -405,14 +464,14 @@ def load_torch_state_dict(module: nnx.Module, state_dict: Mapping[str, Any], *,
         raise TypeError(f"state_dict must be a mapping {{torch name: tensor}}, got "
                         f"{type(state_dict).__name__}")
     found = _mapping(module)
-    renamer = key_renamer(rename)
-    arrays: dict[str, np.ndarray] = {}
+    model_key = _key_mapper(prefix, rename)
+    given: dict[str, Any] = {}
     for key, value in state_dict.items():
-        if not key.startswith(prefix):
-            continue
-        new = renamer(key[len(prefix):])
-        if new is not None and new not in found.ignored:
-            arrays[new] = _to_numpy(value)
+        new = model_key(key)
+        if new is not None:
+            given[new] = value
+    arrays = {key: _to_numpy(value) for key, value in _upgraded(given, found).items()
+              if key not in found.ignored}
     for key, array in arrays.items():
         if key in found.slots:
             _check_kind(prefix + key, array, found.slots[key].variable)

@@ -513,3 +513,5 @@ def test_embedding_dropout_errors():
     module.train()
     with pytest.raises(ValueError, match="needs `rngs`"):
         module(jnp.array([0, 1]))
+    with pytest.raises(TypeError, match="embed must be an embedding .*got Array"):
+        EmbeddingDropout(table, 0.5)                            # the table, not a module

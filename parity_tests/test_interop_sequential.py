@@ -9,9 +9,14 @@
   ``compare_models`` (forward, every gradient by torch name, buffers) and the round trip;
   the same weights through ``prefix=`` and ``rename=``;
 * mismatches name both keys (a missing ReLU shifts the indices; an ``nnx.List`` named ``layers``
-  is one level off); a gradient State without ``like=`` keeps the ``layers`` level.
+  is one level off); a gradient State without ``like=`` keeps the ``layers`` level;
+* the keys before 0.4.0 (``postnet.layers.0.weight``) still load, with a ``FutureWarning``, when
+  they are all the model's; an ``nnx.List`` named ``layers`` keeps its keys.
 """
 from __future__ import annotations
+
+import re
+import warnings
 
 import jax.numpy as jnp
 import numpy as np
@@ -207,3 +212,57 @@ def test_key_renamer_is_what_rename_does():
     for bad in ("fc", [("fc",)], [(r"^fc", 3)]):
         with pytest.raises(TypeError, match="rename must be a callable, a mapping"):
             jaxseq.key_renamer(bad)
+
+
+def _before_0_4(state_dict) -> dict:
+    """The keys jaxseq gave these ports' ``nnx.Sequential``\\ s before 0.4.0 (``layers`` kept)."""
+    return {re.sub(r"^(\w+net\.)?(\d+)\.", r"\1layers.\2.", k): v for k, v in state_dict.items()}
+
+
+def test_keys_before_0_4_load_with_a_future_warning():
+    """``postnet.layers.0.weight`` (0.3's key) loads as ``postnet.0.weight``, with a warning that
+    names both forms, the release that drops them and the migration; ignored keys
+    (``nnx.BatchNorm``'s counter) too. Today's keys give no warning; nothing is guessed."""
+    torch.manual_seed(2)
+    torch_tail = _randomized(TorchDecoderTail(), seed=2)
+    sd, tail = torch_tail.state_dict(), _build_tail()
+    old = _before_0_4(sd)
+    assert "postnet.layers.5.num_batches_tracked" in old and "postnet.layers.4.weight" in old
+    with pytest.warns(FutureWarning, match=r"17 key\(s\) in the form jaxseq gave an nnx\.Sequential "
+                      r"before 0\.4\.0 \('prenet\.layers\.0\.weight'\), loaded as torch "
+                      r"nn\.Sequential's keys \('prenet\.0\.weight'\).*stops loading in jaxseq "
+                      r"0\.5\.0\. Migration: save the state_dict again with "
+                      r"jaxseq\.torch_state_dict\(model\)"):
+        jaxseq.load_torch_state_dict(tail, old)
+    for key, value in jaxseq.torch_state_dict(tail).items():
+        np.testing.assert_array_equal(value, sd[key].numpy(), err_msg=key)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        jaxseq.load_torch_state_dict(tail, sd)
+    for inconsistent in ({**old, "postnet.0.bias": sd["postnet.0.bias"]},     # both forms
+                         {k: v for k, v in old.items() if k != "prenet.layers.3.bias"}):
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")
+            with pytest.raises(ValueError, match="state_dict"):
+                jaxseq.load_torch_state_dict(tail, inconsistent)
+
+
+def test_an_nnx_list_named_layers_keeps_its_keys_beside_a_sequential():
+    class Both(nnx.Module):
+        def __init__(self):
+            self.layers = nnx.List([nnx.Linear(M, H, rngs=nnx.Rngs(0))])
+            self.seq = nnx.Sequential(nnx.Linear(H, M, rngs=nnx.Rngs(0)))
+
+    model = nnx.jit(Both)()
+    rng = np.random.default_rng(0)
+    sd = {"layers.0.weight": rng.standard_normal((H, M), np.float32),
+          "layers.0.bias": np.zeros(H, np.float32),
+          "seq.0.weight": rng.standard_normal((M, H), np.float32), "seq.0.bias": np.ones(M)}
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        jaxseq.load_torch_state_dict(model, sd)
+    with pytest.warns(FutureWarning, match=r"2 key\(s\) .*\('seq\.layers\.0\.weight'\)"):
+        jaxseq.load_torch_state_dict(model, {k.replace("seq.", "seq.layers."): v
+                                             for k, v in sd.items()})
+    np.testing.assert_array_equal(model.layers[0].kernel[...], sd["layers.0.weight"].T)
+    np.testing.assert_array_equal(model.seq.layers[0].bias[...], sd["seq.0.bias"])

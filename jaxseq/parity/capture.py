@@ -21,12 +21,12 @@ user's code.
 
 Matching (:func:`module_entries`): a torch module path goes through ``prefix`` and ``rename`` as
 the ``state_dict`` keys do, and meets the JAX module that :func:`jaxseq.load_torch_state_dict`
-names the same (a module with parameters: the module holding them; one without: its attribute
-path under a named parent). The ``i``-th call of a path on one side meets the ``i``-th on the
-other. Entries come in torch's order of finished calls (a child before its parent); a path called
-more than once is named ``path[i]``; an output of several arrays (an LSTM's ``output, (h_n,
-c_n)``) gives one entry per array, ``path:k`` (flattened order). What cannot be matched is listed
-in the notes with the reason.
+names the same (:func:`torch_names`: an ``nnx.Sequential``'s ``postnet.layers[3]`` is torch's
+``postnet.3``, with or without parameters). The ``i``-th call of a path on one side meets the
+``i``-th on the other. Entries come in torch's order of finished calls (a child before its
+parent); a path called more than once is named ``path[i]``; an output of several arrays (an
+LSTM's ``output, (h_n, c_n)``) gives one entry per array, ``path:k`` (flattened order). What
+cannot be matched is listed in the notes with the reason.
 """
 from __future__ import annotations
 
@@ -35,6 +35,7 @@ import contextlib
 import dataclasses
 import functools
 from collections.abc import Callable, Iterator, Sequence
+from contextlib import AbstractContextManager
 from typing import Any, Optional
 
 import jax
@@ -48,8 +49,9 @@ from jaxseq import hooks
 from jaxseq.interop import _mapping
 from jaxseq.parity.comparison import Entry, compared, missing
 from jaxseq.parity.jax_side import Instrument
+from jaxseq.parity.patching import patched
 
-Path = tuple[Any, ...]
+Path = tuple[Any, ...]     # a module's graph path
 
 # ------------------------------------------------------------------------------------------------
 # torch
@@ -157,8 +159,15 @@ class TorchModules:
 # ------------------------------------------------------------------------------------------------
 # JAX
 # ------------------------------------------------------------------------------------------------
-def _trace_state() -> Any:
+def trace_state() -> Any:
+    """JAX's current trace (NNX's convention): a value traced inside another one (a scan's body,
+    ``vmap``...) cannot leave it."""
     return jax_core.get_opaque_trace_state(convention="nnx")
+
+
+#: Where a module's output cannot be recorded nor a dropout draw replayed.
+INSIDE_A_TRANSFORMATION = ("inside a JAX transformation that is not a jaxseq decoding loop (a "
+                           "lax.scan, nnx.scan, vmap, remat, an inner jit...)")
 
 
 def _arrays(output: Any) -> list[Any]:
@@ -170,7 +179,7 @@ class _Scope:
     """Where calls are recorded: the traced loss, or one step of a decoding loop."""
 
     trace: Any
-    records: list[tuple[Path, list[Any]]] = dataclasses.field(default_factory=list)
+    records: list[tuple[str, list[Any]]] = dataclasses.field(default_factory=list)
 
 
 class _LoopScope(hooks.LoopScope):
@@ -179,11 +188,11 @@ class _LoopScope(hooks.LoopScope):
     def __init__(self, owner: JaxCalls, length: int):
         self.owner, self.length = owner, length
         self.parent = owner.scopes[-1]
-        self.paths: list[tuple[Path, int]] = []
+        self.paths: list[tuple[str, int]] = []
 
     @contextlib.contextmanager
     def step(self, inputs_t: Any) -> Iterator[None]:
-        self.owner.scopes.append(_Scope(_trace_state()))
+        self.owner.scopes.append(_Scope(trace_state()))
         try:
             yield
         finally:
@@ -203,22 +212,21 @@ class _LoopScope(hooks.LoopScope):
 class JaxCalls(Instrument, hooks.Observer):
     """Which of the model's modules is running while ``jax_loss`` is traced (:meth:`where`, for
     dropout replay's messages), and with ``record`` the output of every call (see the module
-    docs). An :class:`~jaxseq.parity.jax_side.Instrument` of the JAX run."""
+    docs). Modules are named as torch names them (:func:`torch_names`). An
+    :class:`~jaxseq.parity.jax_side.Instrument` of the JAX run."""
 
     def __init__(self, record: bool):
         self.key = ("modules", record)
         self.record = record
-        self.ids: dict[int, Path] = {}
-        self.stack: list[tuple[Any, Path]] = []
+        self.ids: dict[int, str] = {}             # {id of a module: its torch-style name}
+        self.stack: list[tuple[Any, str]] = []
         self.scopes: list[_Scope] = []
-        self.skipped: dict[Path, str] = {}
-        self.calls: list[tuple[Path, list[np.ndarray]]] = []
+        self.skipped: dict[str, str] = {}
+        self.calls: list[tuple[str, list[np.ndarray]]] = []
 
     def where(self) -> str:
-        """The path of the innermost running module (``"(model)"`` for the top)."""
-        if not self.stack:
-            return "(outside the model's modules)"
-        return ".".join(map(str, self.stack[-1][1])) or "(model)"
+        """The torch-style name of the innermost running submodule."""
+        return self.stack[-1][1] if self.stack else "(outside the model's submodules)"
 
     # -- hooks.Observer -----------------------------------------------------------------------
     def loop(self, length: int, probe: Callable[[], Any]) -> Optional[hooks.LoopScope]:
@@ -233,57 +241,47 @@ class JaxCalls(Instrument, hooks.Observer):
 
     # -- the wrapped __call__ ------------------------------------------------------------------
     def _called(self, original: Callable, module: Any, args: tuple, kwargs: dict) -> Any:
-        path = self.ids.get(id(module))
-        if path is None or (self.stack and self.stack[-1][0] is module):   # super().__call__
+        name = self.ids.get(id(module))
+        if name is None or (self.stack and self.stack[-1][0] is module):   # super().__call__
             return original(module, *args, **kwargs)
-        self.stack.append((module, path))
+        self.stack.append((module, name))
         try:
             output = original(module, *args, **kwargs)
         finally:
             self.stack.pop()
         if self.record and not hooks.probing() and self.scopes:
             scope = self.scopes[-1]
-            if scope.trace == _trace_state():
-                scope.records.append((path, _arrays(output)))
+            if scope.trace == trace_state():
+                scope.records.append((name, _arrays(output)))
             else:
-                self.skipped.setdefault(path, "called inside a JAX transformation that is not a "
-                                              "jaxseq decoding loop (a lax.scan, nnx.scan, vmap, "
-                                              "remat, an inner jit...), where its outputs cannot "
-                                              "be recorded")
+                self.skipped.setdefault(name, f"called {INSIDE_A_TRANSFORMATION}, where its "
+                                              "outputs cannot be recorded")
         return output
 
-    @contextlib.contextmanager
-    def _wrapped(self, classes: Sequence[type]) -> Iterator[None]:
-        saved = []
+    def _wrapped(self, classes: Sequence[type]) -> AbstractContextManager[None]:
+        """Every class's ``__call__`` (its own or inherited) replaced by one that goes through
+        :meth:`_called`, for the block."""
+        patches = []
         for cls in classes:
             if not any("__call__" in vars(klass) for klass in cls.__mro__):
                 continue                                  # instances are not callable
-            original = cls.__call__
-            saved.append((cls, cls.__dict__.get("__call__")))
 
-            def wrapper(module: Any, *args: Any, __original: Callable = original, **kwargs: Any
-                        ) -> Any:
+            def wrapper(module: Any, *args: Any, __original: Callable = cls.__call__,
+                        **kwargs: Any) -> Any:
                 return self._called(__original, module, args, kwargs)
 
-            functools.update_wrapper(wrapper, original)
-            cls.__call__ = wrapper  # type: ignore[method-assign]
-        try:
-            yield
-        finally:
-            for cls, own in reversed(saved):
-                if own is None:
-                    del cls.__call__
-                else:
-                    cls.__call__ = own
+            patches.append((cls, "__call__", functools.update_wrapper(wrapper, cls.__call__)))
+        return patched(patches)
 
     # -- Instrument ----------------------------------------------------------------------------
     @contextlib.contextmanager
     def tracing(self, model: nnx.Module, inputs: Any) -> Iterator[None]:
         modules = [(tuple(path), node) for path, node in nnx.iter_graph(model)
                    if isinstance(node, nnx.Module)]
-        self.ids = {id(node): path for path, node in modules if path}     # not the model itself
+        names = torch_names(model)
+        self.ids = {id(node): names[path] for path, node in modules if path}   # not the model
         self.stack, self.skipped = [], {}
-        self.scopes = [_Scope(_trace_state())]
+        self.scopes = [_Scope(trace_state())]
         classes = sorted({type(node) for _, node in modules}, key=lambda c: len(c.__mro__))
         with self._wrapped(classes), hooks.observing(self):
             yield
@@ -292,30 +290,24 @@ class JaxCalls(Instrument, hooks.Observer):
         return [leaves for _, leaves in self.scopes[0].records]
 
     def facts(self) -> Any:
-        return ([(path, len(leaves)) for path, leaves in self.scopes[0].records],
+        return ([(name, len(leaves)) for name, leaves in self.scopes[0].records],
                 dict(self.skipped))
 
     def receive(self, outputs: Any, facts: Any) -> None:
-        paths, self.skipped = facts
-        self.calls = [(path, [np.asarray(a) for a in leaves])
-                      for (path, _), leaves in zip(paths, outputs or [])]
+        names, self.skipped = facts
+        self.calls = [(name, [np.asarray(a) for a in leaves])
+                      for (name, _), leaves in zip(names, outputs or [])]
 
 
 # ------------------------------------------------------------------------------------------------
 # Matching
 # ------------------------------------------------------------------------------------------------
 def torch_names(model: nnx.Module) -> dict[Path, str]:
-    """``{module graph path: the torch-style name load_torch_state_dict gives it}``: from the keys
-    of the variables a module holds, else its parent's name and its own attribute."""
-    names: dict[Path, str] = {}
-    for path, key in _mapping(model).paths.items():
-        module, name = tuple(path[:-1]), key.rsplit(".", 1)[0] if "." in key else ""
-        while module not in names:
-            names[module] = name
-            last = str(module[-1]) if module else None
-            if last is None or not (name == last or name.endswith("." + last)):
-                break
-            module, name = module[:-1], name[:-len(last)].rstrip(".")
+    """``{module graph path: torch-style name}``: the name :func:`jaxseq.load_torch_state_dict`
+    gives every module it walks (``postnet.layers[3]`` is ``postnet.3``; a shared module: its
+    first path's); a module inside a jaxseq layer (not walked): its parent's name and its own
+    attribute."""
+    names = dict(_mapping(model).modules)
     for path, node in sorted(nnx.iter_graph(model), key=lambda item: len(item[0])):
         path = tuple(path)
         if isinstance(node, nnx.Module) and path not in names:
@@ -324,15 +316,15 @@ def torch_names(model: nnx.Module) -> dict[Path, str]:
     return names
 
 
-def _jax_path(torch_path: str, prefix: str, renamer: Callable[[str], Optional[str]]
+def _jax_name(torch_path: str, jax_key: Callable[[str], Optional[str]], prefix: str
               ) -> tuple[Optional[str], str]:
-    """``(the torch-style JAX name, "")`` for a torch module path, or ``(None, why)``."""
+    """``(the torch-style JAX name, "")`` for a torch module path (mapped as a key that starts
+    with it), or ``(None, why)``."""
     dotted = torch_path + "."
-    if not dotted.startswith(prefix):
-        return None, f"outside prefix {prefix!r}"
-    renamed = renamer(dotted[len(prefix):])
+    renamed = jax_key(dotted)
     if renamed is None:
-        return None, "dropped by rename"
+        return None, "dropped by rename" if dotted.startswith(prefix) else \
+            f"outside prefix {prefix!r}"
     return renamed.rstrip("."), ""
 
 
@@ -353,14 +345,15 @@ def _as_jax_layout(leaf: TorchLeaf, want: tuple[int, ...]) -> np.ndarray:
     return value
 
 
-def module_entries(torch_calls: Sequence[TorchCall], jax: JaxCalls, names: dict[Path, str],
-                   prefix: str, renamer: Callable[[str], Optional[str]]
+def module_entries(torch_calls: Sequence[TorchCall], jax: JaxCalls,
+                   jax_key: Callable[[str], Optional[str]], prefix: str
                    ) -> tuple[list[Entry], list[str]]:
-    """The ``"module"`` entries (``Entry.order``: torch's order of finished calls) and notes."""
+    """The ``"module"`` entries (``Entry.order``: torch's order of finished calls) and notes;
+    ``jax_key``: torch key -> JAX key (``prefix`` stripped, ``rename`` applied)."""
     by_name: dict[str, list[list[np.ndarray]]] = collections.defaultdict(list)
-    for path, leaves in jax.calls:
-        by_name[names.get(path, ".".join(map(str, path)))].append(leaves)
-    skipped = {names.get(path, ".".join(map(str, path))): why for path, why in jax.skipped.items()}
+    for called, leaves in jax.calls:
+        by_name[called].append(leaves)
+    skipped = dict(jax.skipped)
     torch_count = collections.Counter(c.path for c in torch_calls)
     seen: collections.Counter[str] = collections.Counter()
     entries: list[Entry] = []
@@ -369,7 +362,7 @@ def module_entries(torch_calls: Sequence[TorchCall], jax: JaxCalls, names: dict[
     for call in torch_calls:
         index = seen[call.path]
         seen[call.path] += 1
-        name, why = _jax_path(call.path, prefix, renamer)
+        name, why = _jax_name(call.path, jax_key, prefix)
         if name is None or name not in by_name:
             if name in skipped:
                 why = f"JAX's {name!r} was {skipped.pop(name)}"
@@ -405,7 +398,7 @@ def module_entries(torch_calls: Sequence[TorchCall], jax: JaxCalls, names: dict[
         notes.append("JAX modules called with no torch counterpart: " + ", ".join(extra))
     for name, count in ((n, len(c)) for n, c in by_name.items() if n in matched_names):
         torch_calls_of = [c for c in torch_calls
-                          if _jax_path(c.path, prefix, renamer)[0] == name]
+                          if _jax_name(c.path, jax_key, prefix)[0] == name]
         if count > len(torch_calls_of):
             notes.append(f"JAX module {name} called {count} times, torch {len(torch_calls_of)}: "
                          "the extra JAX calls are not compared")

@@ -21,7 +21,7 @@ import numpy as np
 import torch
 from flax import nnx
 
-from jaxseq.interop import Rename, key_renamer
+from jaxseq.interop import Rename, _key_mapper
 from jaxseq.parity import capture, jax_side, replay, torch_side
 from jaxseq.parity.comparison import DEFAULT_RTOL, Entry, ModelReport, compared, missing, severity
 from jaxseq.parity.inputs import prepare
@@ -238,8 +238,7 @@ def compare_models(torch_model: torch.nn.Module, jax_model: nnx.Module, batch: A
                              f"{sorted(set(j.outputs) - set(t.outputs))}")
         input_entries = _input_grad_entries(t, j)
 
-    renamer = key_renamer(rename)
-    jax_key = lambda name: renamer(name[len(prefix):]) if name.startswith(prefix) else None  # noqa: E731
+    jax_key = _key_mapper(prefix, rename)
     entries = [compared("loss", "loss", j.loss, t.loss)]
     entries += [compared("output", name, j.outputs[name], t.outputs[name]) for name in t.outputs]
     entries += input_entries
@@ -252,7 +251,7 @@ def compare_models(torch_model: torch.nn.Module, jax_model: nnx.Module, batch: A
              for who, got in (("torch", t.loss_dtype), ("JAX", j.loss_dtype)) if got != dtype]
     if modules:
         module_entries, module_notes = capture.module_entries(
-            torch_calls.calls, jax_calls, capture.torch_names(jax_model), prefix, renamer)
+            torch_calls.calls, jax_calls, jax_key, prefix)
         entries += module_entries
         notes += module_notes
     notes += inputs.notes(dtype)

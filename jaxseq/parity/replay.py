@@ -52,7 +52,6 @@ from collections.abc import Callable, Iterator, Sequence
 from typing import Any, Optional
 
 import jax
-import jax.extend.core as jax_core
 import jax.numpy as jnp
 import numpy as np
 import torch
@@ -61,8 +60,9 @@ from flax import nnx
 from torch import nn
 
 from jaxseq import hooks
-from jaxseq.parity.capture import JaxCalls, TorchModules
+from jaxseq.parity.capture import INSIDE_A_TRANSFORMATION, JaxCalls, TorchModules, trace_state
 from jaxseq.parity.jax_side import Instrument
+from jaxseq.parity.patching import patched
 
 #: Keep probabilities closer than this are the same rate.
 _RATE_TOLERANCE = 1e-12
@@ -294,7 +294,7 @@ class TorchDraws:
             (torch, "bernoulli", self._torch_bernoulli),
         ]
         patches += [(cls, "forward", self._rnn_forward(cls.forward)) for cls in _RNN_CLASSES]
-        with _patched(patches):
+        with patched(patches):
             yield
 
 
@@ -304,25 +304,6 @@ _ORIGINAL_BERNOULLI = torch.bernoulli
 def _lookup(name: str) -> Callable[..., Any]:
     """The current ``F.<name>`` (before patching)."""
     return getattr(F, name.removeprefix("F."))
-
-
-@contextlib.contextmanager
-def _patched(patches: Sequence[tuple[Any, str, Any]]) -> Iterator[None]:
-    saved = [(owner, name, owner.__dict__.get(name, _MISSING) if isinstance(owner, type)
-              else getattr(owner, name)) for owner, name, _ in patches]
-    try:
-        for owner, name, value in patches:
-            setattr(owner, name, value)
-        yield
-    finally:
-        for owner, name, value in reversed(saved):
-            if value is _MISSING:
-                delattr(owner, name)
-            else:
-                setattr(owner, name, value)
-
-
-_MISSING = object()
 
 
 def _single_layer(rnn: nn.RNNBase, layer: int) -> nn.RNNBase:
@@ -347,16 +328,12 @@ def _single_layer(rnn: nn.RNNBase, layer: int) -> nn.RNNBase:
 # ------------------------------------------------------------------------------------------------
 # JAX: replaying
 # ------------------------------------------------------------------------------------------------
-def _trace_state() -> Any:
-    return jax_core.get_opaque_trace_state(convention="nnx")
-
-
 class _Source:
     """Where the next draw's mask comes from."""
 
     def __init__(self, replay: JaxReplay, checks_trace: bool = True):
         self.replay = replay
-        self.trace = _trace_state() if checks_trace else None
+        self.trace = trace_state() if checks_trace else None
 
     def take(self, draw: Draw) -> Any:
         raise NotImplementedError
@@ -469,11 +446,9 @@ class JaxReplay(Instrument, hooks.Observer):
             shape = tuple(np.shape(p) if shape is None else shape)
             draw = Draw(self.calls.where(), _caller(), shape, 1.0 - q)
             source = self.sources[-1]
-            if source.trace is not None and source.trace != _trace_state():
+            if source.trace is not None and source.trace != trace_state():
                 raise ValueError(
-                    f"dropout replay: {draw.describe()} is drawn inside a JAX transformation "
-                    "that is not a jaxseq decoding loop (a lax.scan, nnx.scan, vmap, remat, an inner "
-                    "jit...), "
+                    f"dropout replay: {draw.describe()} is drawn {INSIDE_A_TRANSFORMATION}, "
                     "where it cannot get one mask per iteration. Run the loop with "
                     "jaxseq.teacher_forcing(step, carry, xs, batch_first=False), which is "
                     "lax.scan(step, carry, xs) with the hooks replay needs")
@@ -503,13 +478,11 @@ class JaxReplay(Instrument, hooks.Observer):
     def tracing(self, model: nnx.Module, inputs: Any) -> Iterator[None]:
         tape = _Tape(self, inputs)
         self.sources, self.log = [tape], []
-        original = jax.random.bernoulli
-        jax.random.bernoulli = self._bernoulli(original)
         try:
-            with hooks.observing(self):
+            with patched([(jax.random, "bernoulli", self._bernoulli(jax.random.bernoulli))]), \
+                    hooks.observing(self):
                 yield
         finally:
-            jax.random.bernoulli = original
             self.sources = []
         if tape.pos != len(self.torch_draws):
             raise mismatch(self.torch_draws, self.log + [Draw("(none)", "no more draws", (), 0.0)],

@@ -7,7 +7,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import dataclasses
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from contextlib import AbstractContextManager
 from typing import Any, Optional
 
@@ -15,6 +15,7 @@ import numpy as np
 import torch
 
 from jaxseq.parity.inputs import Batch
+from jaxseq.parity.patching import patched
 
 #: ``dtype=`` of :func:`compare_models` -> (torch dtype, numpy dtype).
 DTYPES = {"float64": (torch.float64, np.float64), "float32": (torch.float32, np.float32)}
@@ -91,15 +92,10 @@ def copy_model(model: torch.nn.Module) -> tuple[torch.nn.Module, list[str]]:
     return copied, notes
 
 
-@contextlib.contextmanager
-def _full_precision() -> Iterator[None]:
+def _full_precision() -> AbstractContextManager[None]:
     """TF32 off for the call (it matters on GPUs only), restored afterwards."""
-    saved = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
-    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
-    try:
-        yield
-    finally:
-        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = saved
+    return patched([(torch.backends.cuda.matmul, "allow_tf32", False),
+                    (torch.backends.cudnn, "allow_tf32", False)])
 
 
 @dataclasses.dataclass
