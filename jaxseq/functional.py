@@ -221,7 +221,8 @@ def recurrent(mode: str, params: Params, x: jax.Array, lengths: Optional[ArrayLi
               weight_hh_masks: Optional[Sequence[Optional[jax.Array]]] = None,
               unroll: int = 1, time_chunks: Union[int, Staircase] = DEFAULT_TIME_CHUNKS,
               compute_dtype: Optional[Any] = None, forward_mode: bool = False,
-              input_projection: Optional[str] = None, impl: str = "scan") -> tuple[jax.Array, Any]:
+              input_projection: Optional[str] = None, impl: str = "scan",
+              remat: Optional[int] = None) -> tuple[jax.Array, Any]:
     """Run a torch-compatible recurrent stack over a padded batch, or over packed rows.
 
     Args:
@@ -294,7 +295,7 @@ def recurrent(mode: str, params: Params, x: jax.Array, lengths: Optional[ArrayLi
     _check_input(s, x, batch_first)
     unbatched = x.ndim == 2
     options = scan_options(unroll=unroll, compute_dtype=compute_dtype, forward_mode=forward_mode,
-                           input_projection=input_projection)
+                           input_projection=input_projection, remat=remat)
     packed = segment_ids is not None
     if packed and lengths is not None:
         raise ValueError("`lengths` and `segment_ids` are mutually exclusive: packed rows take their "
