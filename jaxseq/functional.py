@@ -279,16 +279,28 @@ def recurrent(mode: str, params: Params, x: jax.Array, lengths: Optional[ArrayLi
       impl: ``"scan"`` (default): the masked scan; ``"cudnn"``: the fused cuDNN LSTM
         (``jax.experimental.rnn.lstm``), raising a ``ValueError`` naming the first condition it
         cannot serve (no CUDA backend, GRU/RNN, ``proj_size``, a dtype other than float32,
-        ``compute_dtype``, ``segment_ids``, ``state_masks``, ``forward_mode``) before any
-        computation; ``"auto"``: the fused kernel where it applies, the scan elsewhere (always
+        ``compute_dtype``, ``segment_ids``, ``state_masks``, ``forward_mode``, ``remat``) before
+        any computation; ``"auto"``: the fused kernel where it applies, the scan elsewhere (always
         the scan on CPU). Same results within float32 tolerance; see :mod:`jaxseq.fused`. Not yet
         verified on GPU hardware (``docs/benchmarks.md``).
+      remat: ``None`` (default): the backward pass keeps every step's activations (memory
+        ``O(T)`` per layer). An int ``k``: it keeps only the recurrent state before every chunk of
+        ``k`` steps and recomputes a chunk's activations just before its gradient, so the saved
+        activations grow as ``T/k + k`` instead of ``T``, for about one more forward loop of
+        compute. ``k`` near ``sqrt(T)`` saves the most; the saving is flat over a wide range
+        (e.g. ``k`` 40 to 200 at ``T = 4000``), and on a CPU the step can even get faster once the
+        default's activations no longer fit in cache (measured in ``docs/benchmarks.md``).
+        Results are the same, gradients equal up to float rounding (weight gradients are summed
+        chunk by chunk). ``T`` need not be a multiple of ``k``; ``k >= T`` is the default.
+        Works with lengths, packed rows, every mask, ``forward_mode`` (each chunk under
+        ``jax.checkpoint``), ``vmap`` and ``jit``; calls without a gradient are unaffected.
 
     Returns:
       ``(output, (h_n, c_n))`` for LSTM, ``(output, h_n)`` otherwise; shapes as in the module docs.
 
     Raises:
-      ValueError: bad shapes, (concrete) lengths or segment ids, before any computation.
+      ValueError: bad shapes, (concrete) lengths or segment ids, or a ``remat`` that is not
+        ``None`` or an int ``>= 1``, before any computation.
       TypeError: a bad dtype, before any computation.
     """
     s = infer_structure(mode, params)

@@ -28,7 +28,13 @@ Performance structure (measurements in ``docs/benchmarks.md``):
 * with a :class:`Staircase` schedule (asked for with ``time_chunks > 1`` and concrete ``lengths``,
   or passed explicitly), rows are
   sorted by length and time is cut into a few chunks, each scanned over only the rows still active,
-  so compute follows the number of valid tokens rather than ``B * T``.
+  so compute follows the number of valid tokens rather than ``B * T``;
+* with ``remat = k`` (:func:`run_scan`) the same loops run chunk by chunk (:class:`Chunking`): the
+  forward pass saves only the carry before every chunk of ``k`` steps, and the backward pass runs
+  each chunk's forward loop again, for its residuals, just before its backward loop, so saved
+  activations grow as ``T/k + k`` instead of ``T``. Chunks read their inputs in place (the reverse
+  direction too: :class:`Backwards`) and add their gradients into buffers allocated when the
+  backward pass starts.
 """
 from __future__ import annotations
 
@@ -303,12 +309,12 @@ class Backwards(NamedTuple):
     """
 
 
-def _readings(xs: tuple[jax.Array | Backwards, ...]) -> tuple[jax.Array, ...]:
+def _readings(xs: Sequence[Any]) -> tuple[jax.Array, ...]:
     """Every direction's input as an array, in its reading order."""
     return tuple(lax.rev(xs[0], (0,)) if isinstance(x, Backwards) else x for x in xs)
 
 
-def _read(xs: tuple[jax.Array | Backwards, ...], d: int, start: Any, length: int) -> jax.Array:
+def _read(xs: Sequence[Any], d: int, start: Any, length: int) -> jax.Array:
     """Steps ``start .. start + length - 1`` of direction ``d``'s input, in its reading order."""
     if isinstance(xs[d], Backwards):
         end = xs[0].shape[0] - start
@@ -323,7 +329,8 @@ def _zeros_after(like: Any, *anchors: jax.Array) -> Any:
     gradient buffer of the backward pass would take memory through the whole forward pass; a zero
     computed from ``anchors`` (exactly 0, never NaN) is allocated when they are.
     """
-    zero = sum(jnp.asarray(a.ravel()[0] != 0, jnp.float32) for a in anchors) * 0
+    zero = sum((jnp.asarray(a.ravel()[0] != 0, jnp.float32) for a in anchors),
+               jnp.zeros((), jnp.float32)) * 0
     return jax.tree.map(lambda a: jnp.broadcast_to(zero.astype(a.dtype), a.shape), like)
 
 
@@ -340,7 +347,8 @@ def _add(buffer: jax.Array, piece: jax.Array, start: Any) -> jax.Array:
 class Steps(NamedTuple):
     """The per-step inputs of the masked scan over ``S`` steps (arguments of :func:`_masked_scan`)."""
 
-    xs: tuple[jax.Array | Backwards, ...]   # [S, B, F] per direction, in its reading order
+    xs: tuple[Any, ...]                # [S, B, F] per direction, in its reading order, or
+    #                                    Backwards (before Chunking.cut)
     valid: jax.Array                   # bool [S, D, B]
     state_mask: Optional[jax.Array]    # [D, B, H_out] (the same at every step) or [S, D, B, H_out]
     starts: Optional[jax.Array]        # bool [S, D, B]
@@ -358,7 +366,7 @@ class Steps(NamedTuple):
 
 
 class Chunking(NamedTuple):
-    """How ``remat = k`` cuts ``S`` steps: ``count = ceil(S / k)`` chunks of ``k`` steps each.
+    """How ``remat = k`` cuts ``S`` steps: ``num_chunks = ceil(S / k)`` chunks of ``k`` steps.
 
     When ``k`` does not divide ``S``, chunk 0 owns only its first ``r = S % k`` steps and the
     others start at ``r + (c - 1) * k``; the last ``k - r`` steps of chunk 0 (which chunk 1 owns)
@@ -369,20 +377,21 @@ class Chunking(NamedTuple):
     num_steps: int    # S
 
     @property
-    def count(self) -> int:
+    def num_chunks(self) -> int:
         return -(-self.num_steps // self.size)
 
-    def cut(self, steps: Steps, c: jax.Array) -> tuple[jax.Array, Steps]:
-        """``(start, chunk)``: chunk ``c``'s first step and its ``k`` steps (in every direction's
-        reading order), the steps it does not own made no-ops."""
+    def cut(self, steps: Steps, c: jax.Array) -> tuple[jax.Array, Optional[jax.Array], Steps]:
+        """``(start, owned, chunk)``: chunk ``c``'s first step, which of its steps it owns
+        (``bool [k]``; ``None``: all, when ``k`` divides ``S``) and its ``k`` steps (in every
+        direction's reading order), the steps it does not own made no-ops."""
         k, r = self.size, self.num_steps % self.size
         if not r:
-            return c * k, steps.span(c * k, k)
+            return c * k, None, steps.span(c * k, k)
         start = jnp.where(c == 0, 0, r + (c - 1) * k)
         owned = jnp.arange(k) < jnp.where(c == 0, r, k)
         span = steps.span(start, k)
         keep = owned[:, None, None]
-        return start, span._replace(
+        return start, owned, span._replace(
             xs=tuple(jnp.where(keep, x, jnp.zeros((), x.dtype)) for x in span.xs),
             valid=span.valid & keep, starts=None if span.starts is None else span.starts & keep)
 
@@ -418,7 +427,7 @@ def _chunked_forward(run: Callable, chunking: Chunking, steps: Steps, carry0: Ca
     """The forward loop of ``remat``: an outer ``lax.scan`` over the chunks, each run by
     ``run(steps, carry) -> (carry, (outs, states))`` on inputs read in place, its outputs written
     into ``[S, ·]`` buffers. Returns ``(outs, carry, states, boundaries)``, ``boundaries`` the
-    carry before every chunk (``[count, D, B, ·]`` each)."""
+    carry before every chunk (``[num_chunks, D, B, ·]`` each)."""
     S, h0 = chunking.num_steps, carry0[0]
     like = jax.ShapeDtypeStruct((S,) + h0.shape[1:], h0.dtype)
     outs0, states0 = _zeros_after(
@@ -427,13 +436,13 @@ def _chunked_forward(run: Callable, chunking: Chunking, steps: Steps, carry0: Ca
 
     def chunk(acc, c):
         carry, outs, states = acc
-        start, span = chunking.cut(steps, c)
+        start, _, span = chunking.cut(steps, c)
         new, (o, s) = run(span, carry)
         return (new, tuple(_write(b, a, start) for b, a in zip(outs, o)),
                 tuple(_write(b, a, start) for b, a in zip(states, s))), carry
 
     (carry, outs, states), boundaries = lax.scan(chunk, (carry0, outs0, states0),
-                                                 jnp.arange(chunking.count))
+                                                 jnp.arange(chunking.num_chunks))
     return outs, carry, states, boundaries
 
 
@@ -520,10 +529,8 @@ def _backward(cell, options, steps: Steps, carry0: Carry, w: LayerWeights, p, sa
                         for b, (g, d) in zip(buffers, [(g, d) for g in grads for d in range(D)]))
         return (d_prev, d_p, d_mask, buffers), (d_init_t, d_mask_t)
 
-    constant_mask = state_mask is not None and not per_step_mask
-    constant_mask = state_mask is not None and not per_step_mask
     acc0 = (d_carry, jax.tree.map(jnp.zeros_like, p),
-            jnp.zeros_like(state_mask) if constant_mask else None, pre)
+            None if state_mask is None or per_step_mask else jnp.zeros_like(state_mask), pre)
     index = jnp.arange(valid.shape[0])
     (d_carry0, d_p, d_mask, d_seq), (d_inits, d_mask_seq) = lax.scan(
         body, acc0, (index, h_prev, valid, d_outs, starts, inits, d_states or None,
@@ -554,10 +561,15 @@ def _chunked_backward(cell, options, chunking: Chunking, steps: Steps, carry0: C
 
     def chunk(acc, c):
         d_after, d_xs, d_seq, summed = acc
-        start, span = chunking.cut(steps, c)
+        start, owned, span = chunking.cut(steps, c)
         before = tuple(b[c] for b in boundaries)
         _, saved = _run(cell, options, span, before, w, p, residuals=True)
-        cut = partial(lax.dynamic_slice_in_dim, start_index=start, slice_size=k)
+
+        def cut(a):   # the cotangents of this chunk's steps (those it does not own: zero)
+            a = lax.dynamic_slice_in_dim(a, start, k)
+            if owned is None:
+                return a
+            return jnp.where(owned.reshape((k,) + (1,) * (a.ndim - 1)), a, jnp.zeros((), a.dtype))
         d_before, (grads, *seq), sums = _backward(cell, options, span, before, w, p, saved,
                                                   (tuple(map(cut, d_outs)), d_after,
                                                    tuple(map(cut, d_states))))
@@ -576,7 +588,7 @@ def _chunked_backward(cell, options, chunking: Chunking, steps: Steps, carry0: C
     summed = (zeros(w), zeros(p),
               None if steps.state_mask is None or per_step_mask else zeros(steps.state_mask))
     (d_carry0, d_xs, d_seq, summed), _ = lax.scan(
-        chunk, (d_carry, d_xs, d_seq, summed), jnp.arange(chunking.count), reverse=True)
+        chunk, (d_carry, d_xs, d_seq, summed), jnp.arange(chunking.num_chunks), reverse=True)
     return d_carry0, (d_xs,) + d_seq, summed
 
 
@@ -802,8 +814,7 @@ def scan_for(forward_mode: bool) -> Callable:
     return masked_scan_jvp if forward_mode else masked_scan
 
 
-def run_scan(cell: Callable, options: ScanOptions, xs: tuple[jax.Array | Backwards, ...],
-             valid: jax.Array,
+def run_scan(cell: Callable, options: ScanOptions, xs: tuple[Any, ...], valid: jax.Array,
              carry0: Carry, w: LayerWeights, p: CellParams,
              state_mask: Optional[jax.Array] = None, starts: Optional[jax.Array] = None,
              inits: Optional[Carry] = None) -> tuple[tuple[jax.Array, ...], Carry, Carry]:
@@ -884,8 +895,8 @@ class Reading(NamedTuple):
     (a per-row gather) instead.
     """
 
-    xs: tuple[jax.Array | Backwards, ...]  # [T, B, F] per direction, in its reading order
-    valid: jax.Array                       # bool [T, D, B]
+    xs: tuple[Any, ...]         # [T, B, F] per direction, in its reading order, or Backwards
+    valid: jax.Array            # bool [T, D, B]
     within_length: bool
 
     @staticmethod
