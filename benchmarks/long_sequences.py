@@ -8,8 +8,9 @@ The model: a 2-layer bidirectional LSTM, B=16, I=64, H=128 (``--quick``: B=4, I=
 jitted ``value_and_grad`` step over the parameters and the input with traced lengths. Every
 (``T``, contender) runs in a fresh process, so its peak RSS (``ru_maxrss``) is its own: compile the
 step, read the compiled temporary memory (``memory_analysis().temp_size_in_bytes``), run one
-warm-up and ``--rounds`` timed steps, report the median. Contenders: jaxseq (``remat=None``),
-jaxseq with each ``remat`` (``sqrt``: ``round(sqrt(T))``), and torch packed
+warm-up and ``--rounds`` timed steps, report the median wall and process CPU time (the CPU time
+is less sensitive to other processes' load; torch's counts all its threads). Contenders: jaxseq
+(``remat=None``), jaxseq with each ``remat`` (``sqrt``: ``round(sqrt(T))``), and torch packed
 (``pack_padded_sequence`` -> ``nn.LSTM`` -> ``pad_packed_sequence``, backward) up to
 ``--torch-max-time`` (its packed step grows faster than linearly in ``T``). Ratios are against
 jaxseq without remat at the same ``T``; time per 1000 valid tokens shows how cost scales. The
@@ -71,12 +72,13 @@ def measure(time_steps: int, contender: str, remat: Optional[int], rounds: int,
         def step():
             jax.block_until_ready(compiled(*args))
     step()                                                               # warm-up
-    seconds = []
+    seconds, cpu_seconds = [], []
     for _ in range(rounds):
-        start = time.perf_counter()
+        start, cpu = time.perf_counter(), time.process_time()
         step()
         seconds.append(time.perf_counter() - start)
-    row["step_s"] = float(np.median(seconds))
+        cpu_seconds.append(time.process_time() - cpu)
+    row["step_s"], row["cpu_s"] = float(np.median(seconds)), float(np.median(cpu_seconds))
     row["rss_gib"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20   # KiB on Linux
     return row
 
@@ -143,9 +145,9 @@ def main(argv: Optional[list[str]] = None) -> int:
     print(f"`python -m benchmarks.long_sequences {' '.join(argv or sys.argv[1:])}`".rstrip()
           + f" on {_cpu()}, Python {platform.python_version()}; load average at start "
           f"{_load()}\n")
-    print("| T | contender | step s | ms / 1k tokens | temp MiB | peak RSS GiB | time / default "
-          "| temp / default | load |")
-    print("|---|---|---|---|---|---|---|---|---|")
+    print("| T | contender | step s | CPU s | ms / 1k tokens | temp MiB | peak RSS GiB "
+          "| time / default | CPU / default | temp / default | load |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|")
     for t in times:
         runs = [("jaxseq", None)] + [("jaxseq", k) for k in _remat_values(t, remats)]
         runs += [("torch-packed", None)] if t <= torch_max else []
@@ -157,12 +159,13 @@ def main(argv: Optional[list[str]] = None) -> int:
                 default = row
             name = contender if remat is None else f"{contender} remat={remat}"
             ratio_t = row["step_s"] / default["step_s"] if default else None
+            ratio_c = row["cpu_s"] / default["cpu_s"] if default else None
             ratio_m = (row["temp_mib"] / default["temp_mib"]
                        if default and row["temp_mib"] is not None else None)
-            print(f"| {t} | {name} | {row['step_s']:.3f} | "
+            print(f"| {t} | {name} | {row['step_s']:.3f} | {row['cpu_s']:.3f} | "
                   f"{1e6 * row['step_s'] / row['tokens']:.2f} | {_fmt(row['temp_mib'], '.1f')} | "
-                  f"{row['rss_gib']:.2f} | {_fmt(ratio_t, '.2f')} | {_fmt(ratio_m, '.3f')} | "
-                  f"{row['load']} |", flush=True)
+                  f"{row['rss_gib']:.2f} | {_fmt(ratio_t, '.2f')} | {_fmt(ratio_c, '.2f')} | "
+                  f"{_fmt(ratio_m, '.3f')} | {row['load']} |", flush=True)
             if args.json:
                 with open(args.json, "a") as f:
                     f.write(json.dumps(row) + "\n")

@@ -570,6 +570,7 @@ def _chunked_backward(cell, options, chunking: Chunking, steps: Steps, carry0: C
             if owned is None:
                 return a
             return jnp.where(owned.reshape((k,) + (1,) * (a.ndim - 1)), a, jnp.zeros((), a.dtype))
+
         d_before, (grads, *seq), sums = _backward(cell, options, span, before, w, p, saved,
                                                   (tuple(map(cut, d_outs)), d_after,
                                                    tuple(map(cut, d_states))))
@@ -819,7 +820,7 @@ def run_scan(cell: Callable, options: ScanOptions, xs: tuple[Any, ...], valid: j
              state_mask: Optional[jax.Array] = None, starts: Optional[jax.Array] = None,
              inits: Optional[Carry] = None) -> tuple[tuple[jax.Array, ...], Carry, Carry]:
     """The masked scan that ``options`` select, with the arguments and results of
-    :data:`masked_scan` (``S`` steps).
+    :data:`masked_scan` (``S`` steps); an entry of ``xs`` may be :class:`Backwards`.
 
     ``options.remat = k`` (``k < S``) trades compute for memory in reverse mode: the forward loop
     saves only the carry before every chunk of ``k`` steps (the first chunk takes the ``S % k``
@@ -832,11 +833,10 @@ def run_scan(cell: Callable, options: ScanOptions, xs: tuple[Any, ...], valid: j
     """
     chunking = _chunking(options, valid.shape[0])
     if chunking is None:
-        xs = _readings(xs)
-    if not options.forward_mode:       # remat lives in masked_scan's VJP
+        return scan_for(options.forward_mode)(cell, options, _readings(xs), valid, carry0, w, p,
+                                              state_mask, starts, inits)
+    if not options.forward_mode:       # masked_scan's VJP runs the chunks
         return masked_scan(cell, options, xs, valid, carry0, w, p, state_mask, starts, inits)
-    if chunking is None:
-        return masked_scan_jvp(cell, options, xs, valid, carry0, w, p, state_mask, starts, inits)
 
     @partial(jax.checkpoint, prevent_cse=False)   # inside a scan CSE cannot undo the remat
     def run(steps: Steps, carry: Carry, w: LayerWeights, p: CellParams):
