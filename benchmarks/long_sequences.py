@@ -1,16 +1,18 @@
 """Long sequences: a training step's time and memory as ``T`` grows, with and without ``remat``.
 
     python -m benchmarks.long_sequences [--quick] [--times T ...] [--remat K ...]
-                                        [--torch-max-time T] [--rounds N] [--json FILE]
+                                        [--torch-max-time T] [--rounds N] [--torch-rounds N]
+                                        [--json FILE]
 
 The model: a 2-layer bidirectional LSTM, B=16, I=64, H=128 (``--quick``: B=4, I=8, H=16), lengths
 ``U[T/10, T]`` with one row of length ``T`` (:class:`benchmarks.contenders.BenchConfig`), one
 jitted ``value_and_grad`` step over the parameters and the input with traced lengths. Every
 (``T``, contender) runs in a fresh process, so its peak RSS (``ru_maxrss``) is its own: compile the
 step, read the compiled temporary memory (``memory_analysis().temp_size_in_bytes``), run one
-warm-up and ``--rounds`` timed steps, report the median wall and process CPU time (the CPU time
-is less sensitive to other processes' load; torch's counts all its threads). Contenders: jaxseq
-(``remat=None``), jaxseq with each ``remat`` (``sqrt``: ``round(sqrt(T))``), and torch packed
+warm-up and ``--rounds`` timed steps (torch: ``--torch-rounds``), report the median wall and
+process CPU time (the CPU time is less sensitive to other processes' load; torch's counts all its
+threads). Contenders: jaxseq (``remat=None``), jaxseq with each ``remat`` (``sqrt``:
+``round(sqrt(T))``), and torch packed
 (``pack_padded_sequence`` -> ``nn.LSTM`` -> ``pad_packed_sequence``, backward) up to
 ``--torch-max-time`` (its packed step grows faster than linearly in ``T``). Ratios are against
 jaxseq without remat at the same ``T``; time per 1000 valid tokens shows how cost scales. The
@@ -126,7 +128,9 @@ def main(argv: Optional[list[str]] = None) -> int:
                              "--quick: sqrt)")
     parser.add_argument("--torch-max-time", type=int, default=TORCH_MAX_TIME,
                         help="largest T torch packed runs at (default %(default)s)")
-    parser.add_argument("--rounds", type=int, default=3, help="timed steps per row")
+    parser.add_argument("--rounds", type=int, default=3, help="timed steps per jaxseq row")
+    parser.add_argument("--torch-rounds", type=int, default=1,
+                        help="timed steps per torch row (each can take minutes)")
     parser.add_argument("--json", help="append one JSON line per row to this file")
     parser.add_argument("--child", nargs=3, metavar=("T", "CONTENDER", "REMAT"),
                         help=argparse.SUPPRESS)
@@ -153,7 +157,8 @@ def main(argv: Optional[list[str]] = None) -> int:
         runs += [("torch-packed", None)] if t <= torch_max else []
         default = None
         for contender, remat in runs:
-            row = _in_child(t, contender, remat, args.rounds, args.quick)
+            rounds = args.torch_rounds if contender == "torch-packed" else args.rounds
+            row = _in_child(t, contender, remat, rounds, args.quick)
             row["load"] = _load()
             if contender == "jaxseq" and remat is None:
                 default = row
