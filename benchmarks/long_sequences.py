@@ -13,7 +13,8 @@ warm-up and ``--rounds`` timed steps (torch: ``--torch-rounds``), report the med
 process CPU time (the CPU time is less sensitive to other processes' load; torch's counts all its
 threads). Contenders: jaxseq (``remat=None``), jaxseq with each ``remat`` (``sqrt``:
 ``round(sqrt(T))``), and torch packed
-(``pack_padded_sequence`` -> ``nn.LSTM`` -> ``pad_packed_sequence``, backward) up to
+(``pack_padded_sequence`` -> ``nn.LSTM`` -> ``pad_packed_sequence``, backward; 1 thread, as in
+the documented ``benchmarks.run`` tables) up to
 ``--torch-max-time`` (its packed step grows faster than linearly in ``T``). Ratios are against
 jaxseq without remat at the same ``T``; time per 1000 valid tokens shows how cost scales. The
 load average is printed with every row (the processes run one after another).
@@ -60,6 +61,9 @@ def measure(time_steps: int, contender: str, remat: Optional[int], rounds: int,
     row = dict(T=time_steps, contender=contender, remat=remat,
                tokens=int(cfg.lengths().sum()), temp_mib=None, compile_s=None)
     if contender == "torch-packed":
+        import torch
+
+        torch.set_num_threads(1)   # on a shared machine its OpenMP threads wait for each other
         step = torch_step(cfg, cfg.torch_module(), "cpu").step
     else:
         def run(p, x, lengths):

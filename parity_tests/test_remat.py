@@ -2,14 +2,17 @@
 
 * equality with ``remat=None`` (float64, NaN at padding) of outputs, final states and gradients
   with respect to the parameters, the input, the initial state and every dropout mask, to float
-  rounding (``TOL``; weight gradients are summed chunk by chunk), over traced and
-  concrete lengths, packed rows, bidirectional, multi-layer, ``proj_size``, every mask,
-  ``forward_mode`` (reverse and forward mode), ``vmap``, ``k`` not dividing ``T`` and ``k >= T``;
-  the full sweep is ``slow``;
+  rounding (``TOL``; weight gradients are summed chunk by chunk): by default traced and concrete
+  lengths, packed rows, bidirectional, multi-layer, ``proj_size``, every mask, ``k`` not dividing
+  ``T``, ``forward_mode`` (reverse and forward mode) and ``vmap``; the ``slow`` sweep adds every
+  cell x layers x directions x packing x ``k`` (``k >= T`` included), ``unroll``, the hoisted
+  input projection and the staircase;
 * memory: the vjp's saved residuals hold no per-step array but the inputs, only the ``ceil(T/k)``
   chunk boundaries, and the compiled training step's temporary memory falls to a fraction of the
-  default's (asserted as ratios; measured: 0.15 bidirectional, 0.24 ``forward_mode``);
-* torch parity of a remat layer and of remat packed rows (the harness of the default tests);
+  default's (asserted as ratios; measured: 0.15 bidirectional; ``slow``: 0.22 one direction,
+  0.24 ``forward_mode``);
+* torch parity of a remat layer (``slow``: and of remat packed rows), with the default tests'
+  harness;
 * eager training steps compile once; bad ``remat`` values and ``impl="cudnn"`` raise before any
   computation, ``impl="auto"`` falls back to the scan.
 """
