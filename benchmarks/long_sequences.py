@@ -10,12 +10,11 @@ jitted ``value_and_grad`` step over the parameters and the input with traced len
 (``T``, contender) runs in a fresh process, so its peak RSS (``ru_maxrss``) is its own: compile the
 step, read the compiled temporary memory (``memory_analysis().temp_size_in_bytes``), run one
 warm-up and ``--rounds`` timed steps (torch: ``--torch-rounds``), report the median wall and
-process CPU time (the CPU time is less sensitive to other processes' load; torch's counts all its
-threads). Contenders: jaxseq (``remat=None``), jaxseq with each ``remat`` (``sqrt``:
-``round(sqrt(T))``), and torch packed
+process CPU time (less sensitive to other processes' load). Contenders: jaxseq (``remat=None``),
+jaxseq with each ``remat`` (``sqrt``: ``round(sqrt(T))``), and torch packed
 (``pack_padded_sequence`` -> ``nn.LSTM`` -> ``pad_packed_sequence``, backward; 1 thread, as in
-the documented ``benchmarks.run`` tables) up to
-``--torch-max-time`` (its packed step grows faster than linearly in ``T``). Ratios are against
+the documented ``benchmarks.run`` tables) up to ``--torch-max-time`` (its packed step grows
+faster than linearly in ``T``). Ratios are against
 jaxseq without remat at the same ``T``; time per 1000 valid tokens shows how cost scales. The
 load average is printed with every row (the processes run one after another).
 """
