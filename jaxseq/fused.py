@@ -21,7 +21,8 @@ with the same semantics as the scan:
 
 What the kernel cannot serve (:func:`cudnn_problem`): GRU and RNN, ``proj_size``, dtypes other than
 float32, ``compute_dtype``, packed rows (``segment_ids``), recurrent-state masks, ``forward_mode``
-(the kernel has a custom VJP only), and any backend but CUDA. ``impl="cudnn"`` raises a
+(the kernel has a custom VJP only), ``remat`` (the kernel saves every step's activations), and
+any backend but CUDA. ``impl="cudnn"`` raises a
 ``ValueError`` naming the first of these; ``impl="auto"`` runs the scan instead. Neither can see
 transformations applied from outside: under ``vmap`` or ``jax.export`` use ``impl="scan"``
 (``jaxseq.export.export_model`` always does). Matmul precision follows
@@ -162,7 +163,7 @@ def cudnn_problem(s: Structure, dtype: Any, options: ScanOptions, *, packed: boo
     Decided on static facts before any tracing: the backend (skipped under
     :func:`use_reference_kernel`, or with ``backend=False`` for a module's construction), the
     cell, ``proj_size``, the parameter dtype, ``compute_dtype``, packed rows, recurrent-state
-    masks and ``forward_mode``.
+    masks, ``forward_mode`` and ``remat``.
     """
     if backend and not _reference.get() and not cuda_available():
         return f"no CUDA backend (JAX's default backend is {jax.default_backend()!r})"
@@ -182,6 +183,9 @@ def cudnn_problem(s: Structure, dtype: Any, options: ScanOptions, *, packed: boo
         return "recurrent-state masks (recurrent_dropout / state_masks): no per-step state mask"
     if options.forward_mode:
         return "forward_mode=True (the kernel has a custom VJP only)"
+    if options.remat is not None:
+        return (f"remat={options.remat} (the kernel saves every step's activations; it cannot "
+                "recompute chunks)")
     return None
 
 

@@ -58,8 +58,13 @@ class RecurrentBase(TorchAttributes, nnx.Module):
       impl: ``"scan"`` (default), ``"cudnn"`` or ``"auto"``: the masked scan or the fused cuDNN
         LSTM (see :func:`jaxseq.functional.recurrent` and :mod:`jaxseq.fused`); GRU and RNN take
         ``"scan"`` and ``"auto"`` only. ``"cudnn"`` is checked against the module's static
-        options here (cell, ``proj_size``, dtypes, ``recurrent_dropout``, ``forward_mode``) and
-        against each call's (``segment_ids``, backend) when called.
+        options here (cell, ``proj_size``, dtypes, ``recurrent_dropout``, ``forward_mode``,
+        ``remat``) and against each call's (``segment_ids``, backend) when called.
+      remat: ``None`` (default: the backward pass keeps every step's activations) or an int ``k``:
+        it keeps only the state every ``k`` steps and recomputes each chunk of ``k`` steps when it
+        needs it, so the saved activations grow as ``T/k + k`` instead of ``T``, for about one more
+        forward loop. Same results and gradients (up to float rounding); ``k`` near ``sqrt(T)``
+        saves the most (see :func:`jaxseq.functional.recurrent`).
       init: parameter initializer, a name in :data:`jaxseq.init.INITIALIZERS` (``"torch_default"``,
         the default, or ``"recommended"``: orthogonal gate blocks, zero biases, LSTM forget bias 1) or
         a callable with the signature of :func:`jaxseq.init.torch_default`.
@@ -81,13 +86,14 @@ class RecurrentBase(TorchAttributes, nnx.Module):
                  param_dtype: jnp.dtype = jnp.float32, deterministic: bool = True, unroll: int = 1,
                  time_chunks: int = functional.DEFAULT_TIME_CHUNKS, compute_dtype: Any = None,
                  forward_mode: bool = False, input_projection: Optional[str] = None,
-                 impl: str = "scan",
+                 impl: str = "scan", remat: Optional[int] = None,
                  init: str | initializers.Initializer = "torch_default"):
         input_size = check_size(input_size, "input_size")
         hidden_size = check_size(hidden_size, "hidden_size")
         num_layers = check_size(num_layers, "num_layers")
         proj_size = check_size(proj_size, "proj_size", minimum=0)
-        options = scan_options(unroll, compute_dtype, forward_mode, input_projection)  # validates
+        options = scan_options(unroll, compute_dtype, forward_mode, input_projection,  # validates
+                               remat)
         time_chunks = check_size(time_chunks, "time_chunks")
         if proj_size >= hidden_size:
             raise ValueError(f"proj_size has to be smaller than hidden_size, got proj_size={proj_size} "
@@ -112,6 +118,7 @@ class RecurrentBase(TorchAttributes, nnx.Module):
         self.compute_dtype = compute_dtype
         self.forward_mode = bool(forward_mode)
         self.input_projection = input_projection
+        self.remat = options.remat
         if impl not in IMPLS:
             raise ValueError(f"impl must be one of {IMPLS}, got {impl!r}")
         if impl == "cudnn":
@@ -247,7 +254,7 @@ class RecurrentBase(TorchAttributes, nnx.Module):
                                     compute_dtype=self.compute_dtype,
                                     forward_mode=self.forward_mode,
                                     input_projection=self.input_projection, impl=self.impl,
-                                    **masks)
+                                    remat=self.remat, **masks)
 
 
 class _MaskSpec(NamedTuple):

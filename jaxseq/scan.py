@@ -28,12 +28,20 @@ Performance structure (measurements in ``docs/benchmarks.md``):
 * with a :class:`Staircase` schedule (asked for with ``time_chunks > 1`` and concrete ``lengths``,
   or passed explicitly), rows are
   sorted by length and time is cut into a few chunks, each scanned over only the rows still active,
-  so compute follows the number of valid tokens rather than ``B * T``.
+  so compute follows the number of valid tokens rather than ``B * T``;
+* with ``remat = k`` (:func:`run_scan`) the same loops run chunk by chunk (:class:`Chunking`): the
+  forward pass saves only the carry before every chunk of ``k`` steps, and the backward pass runs
+  each chunk's forward loop again, for its residuals, just before its backward loop, so saved
+  activations grow as ``T/k + k`` instead of ``T``. Chunks read their inputs in place (the reverse
+  direction too: :class:`Backwards`) and add their gradients into buffers allocated when the
+  backward pass starts.
 """
 from __future__ import annotations
 
 import math
+import numbers
 from collections.abc import Callable, Mapping, Sequence
+from functools import partial
 from typing import Any, NamedTuple, Optional
 
 import jax
@@ -84,6 +92,7 @@ class ScanOptions(NamedTuple):
     compute_dtype: Optional[np.dtype] = None  # matmul operand dtype (None: the parameter dtype)
     forward_mode: bool = False                # custom JVP (every transformation) vs custom VJP
     hoist_input: bool = False                 # x @ W_ih as one GEMM before the loop
+    remat: Optional[int] = None               # k: recompute chunks of k steps (None: save all)
 
 
 #: Every option at its default (the in-loop input projection).
@@ -91,15 +100,18 @@ DEFAULT_OPTIONS = ScanOptions()
 
 
 def scan_options(unroll: int = 1, compute_dtype: Any = None, forward_mode: bool = False,
-                 input_projection: Optional[str] = None) -> ScanOptions:
+                 input_projection: Optional[str] = None,
+                 remat: Optional[int] = None) -> ScanOptions:
     """Validated :class:`ScanOptions` from the user-facing arguments (see
     :func:`jaxseq.functional.recurrent`); ``input_projection=None`` takes the backend's default from
     :data:`INPUT_PROJECTION_DEFAULTS`.
 
     Raises:
-      ValueError / TypeError: a bad ``unroll``, ``compute_dtype`` or ``input_projection``.
+      ValueError / TypeError: a bad ``unroll``, ``compute_dtype``, ``input_projection`` or
+        ``remat`` (``ValueError``).
     """
     unroll = check_size(unroll, "unroll")
+    remat = check_remat(remat)
     if compute_dtype is not None:
         check_floating(compute_dtype, "compute_dtype")
         compute_dtype = jnp.dtype(compute_dtype)
@@ -108,7 +120,25 @@ def scan_options(unroll: int = 1, compute_dtype: Any = None, forward_mode: bool 
     if input_projection not in INPUT_PROJECTIONS:
         raise ValueError(f"input_projection must be one of {INPUT_PROJECTIONS} or None, got "
                          f"{input_projection!r}")
-    return ScanOptions(unroll, compute_dtype, bool(forward_mode), input_projection == "hoisted")
+    return ScanOptions(unroll, compute_dtype, bool(forward_mode), input_projection == "hoisted",
+                       remat)
+
+
+def check_remat(remat: Any) -> Optional[int]:
+    """``remat`` as ``None`` or an ``int >= 1`` (the chunk length ``k`` of :func:`run_scan`).
+
+    Raises:
+      ValueError: anything else (``bool``, a float, ``k < 1``), naming the fix.
+
+    >>> check_remat(64), check_remat(None)
+    (64, None)
+    """
+    if remat is None:
+        return None
+    if isinstance(remat, bool) or not isinstance(remat, numbers.Integral) or remat < 1:
+        raise ValueError(f"remat must be None (save every step) or an integer k >= 1 (recompute "
+                         f"chunks of k steps; about sqrt(T) saves the most), got {remat!r}")
+    return int(remat)
 
 
 def _summed(cell: Callable) -> bool:
@@ -228,8 +258,8 @@ def _masked_scan(cell: Callable, options: ScanOptions,
       ``starts``, else ``()``) holds the carry entries after ``h`` (``c`` for LSTM) after every step,
       ``[S, D, B, H]`` each, from which a packed row's per-sequence final states are read.
     """
-    carry, (outs, states) = _scan(cell, options, xs, valid, carry0, w, p, state_mask,
-                                  starts, inits, residuals=False)
+    carry, (outs, states) = _scan(cell, options, _readings(xs), valid, carry0, w,
+                                  p, state_mask, starts, inits, residuals=False)
     return outs, carry, states
 
 
@@ -269,18 +299,179 @@ def _recurrent_input(h_prev: Sequence[jax.Array], state_mask: Optional[jax.Array
     return [h * state_mask[d] for d, h in enumerate(h_prev)]
 
 
+class Backwards(NamedTuple):
+    """In place of a direction's input: that direction reads the input of direction 0 from its
+    last step to its first (the reverse direction of a plain or packed bidirectional layer).
+
+    The plain scan reads ``lax.rev`` of it (:func:`_readings`); with ``remat`` each chunk reads its
+    steps in place, so no reversed copy of the whole input is made, and both directions add their
+    input gradients into one buffer.
+    """
+
+
+def _readings(xs: Sequence[Any]) -> tuple[jax.Array, ...]:
+    """Every direction's input as an array, in its reading order."""
+    return tuple(lax.rev(xs[0], (0,)) if isinstance(x, Backwards) else x for x in xs)
+
+
+def _read(xs: Sequence[Any], d: int, start: Any, length: int) -> jax.Array:
+    """Steps ``start .. start + length - 1`` of direction ``d``'s input, in its reading order."""
+    if isinstance(xs[d], Backwards):
+        end = xs[0].shape[0] - start
+        return lax.rev(lax.dynamic_slice_in_dim(xs[0], end - length, length), (0,))
+    return lax.dynamic_slice_in_dim(xs[d], start, length)
+
+
+def _zeros_after(like: Any, *anchors: jax.Array) -> Any:
+    """Zeros shaped as the arrays of ``like``, which XLA allocates only once ``anchors`` exist.
+
+    XLA's CPU scheduler allocates constant buffers (plain zeros) when the program starts, so a
+    gradient buffer of the backward pass would take memory through the whole forward pass; a zero
+    computed from ``anchors`` (exactly 0, never NaN) is allocated when they are.
+    """
+    zero = sum((jnp.asarray(a.ravel()[0] != 0, jnp.float32) for a in anchors),
+               jnp.zeros((), jnp.float32)) * 0
+    return jax.tree.map(lambda a: jnp.broadcast_to(zero.astype(a.dtype), a.shape), like)
+
+
+def _write(buffer: jax.Array, piece: jax.Array, start: Any) -> jax.Array:
+    """``buffer`` with ``piece`` written from step ``start`` on."""
+    return lax.dynamic_update_slice_in_dim(buffer, piece, start, 0)
+
+
+def _add(buffer: jax.Array, piece: jax.Array, start: Any) -> jax.Array:
+    """``buffer`` with ``piece`` added from step ``start`` on (read, then written: in place)."""
+    return _write(buffer, lax.dynamic_slice_in_dim(buffer, start, piece.shape[0]) + piece, start)
+
+
+class Steps(NamedTuple):
+    """The per-step inputs of the masked scan over ``S`` steps (arguments of :func:`_masked_scan`)."""
+
+    xs: tuple[Any, ...]                # [S, B, F] per direction, in its reading order, or
+    #                                    Backwards (before Chunking.cut)
+    valid: jax.Array                   # bool [S, D, B]
+    state_mask: Optional[jax.Array]    # [D, B, H_out] (the same at every step) or [S, D, B, H_out]
+    starts: Optional[jax.Array]        # bool [S, D, B]
+    inits: Optional[Carry]             # [S, D, B, ·] each
+
+    def span(self, start: Any, length: int) -> Steps:
+        """Steps ``start .. start + length - 1`` (``start`` may be traced, ``length`` is static)."""
+        def cut(a):
+            return None if a is None else lax.dynamic_slice_in_dim(a, start, length)
+
+        return Steps(tuple(_read(self.xs, d, start, length) for d in range(len(self.xs))),
+                     cut(self.valid),
+                     cut(self.state_mask) if _per_step(self.state_mask) else self.state_mask,
+                     cut(self.starts), None if self.inits is None else tuple(map(cut, self.inits)))
+
+
+class Chunking(NamedTuple):
+    """How ``remat = k`` cuts ``S`` steps: ``num_chunks = ceil(S / k)`` chunks of ``k`` steps.
+
+    When ``k`` does not divide ``S``, chunk 0 owns only its first ``r = S % k`` steps and the
+    others start at ``r + (c - 1) * k``; the last ``k - r`` steps of chunk 0 (which chunk 1 owns)
+    are no-ops there: invalid, with zero input, so they leave the state and every gradient alone.
+    """
+
+    size: int         # k
+    num_steps: int    # S
+
+    @property
+    def num_chunks(self) -> int:
+        return -(-self.num_steps // self.size)
+
+    def cut(self, steps: Steps, c: jax.Array) -> tuple[jax.Array, Optional[jax.Array], Steps]:
+        """``(start, owned, chunk)``: chunk ``c``'s first step, which of its steps it owns
+        (``bool [k]``; ``None``: all, when ``k`` divides ``S``) and its ``k`` steps (in every
+        direction's reading order), the steps it does not own made no-ops."""
+        k, r = self.size, self.num_steps % self.size
+        if not r:
+            return c * k, None, steps.span(c * k, k)
+        start = jnp.where(c == 0, 0, r + (c - 1) * k)
+        owned = jnp.arange(k) < jnp.where(c == 0, r, k)
+        span = steps.span(start, k)
+        keep = owned[:, None, None]
+        return start, owned, span._replace(
+            xs=tuple(jnp.where(keep, x, jnp.zeros((), x.dtype)) for x in span.xs),
+            valid=span.valid & keep, starts=None if span.starts is None else span.starts & keep)
+
+
+def _chunking(options: ScanOptions, num_steps: int) -> Optional[Chunking]:
+    """The :class:`Chunking` of ``options.remat``; ``None`` when every step's residuals are
+    saved (no remat, or ``k >= S``)."""
+    k = options.remat
+    return None if k is None or k >= num_steps else Chunking(k, num_steps)
+
+
+def _run(cell, options, steps: Steps, carry: Carry, w: LayerWeights, p, residuals: bool):
+    """:func:`_scan` over ``steps`` from ``carry``."""
+    return _scan(cell, options, steps.xs, steps.valid, carry, w, p, steps.state_mask,
+                 steps.starts, steps.inits, residuals)
+
+
 def _masked_scan_fwd(cell, options, xs, valid, carry0, w, p, state_mask, starts,
                      inits):
-    carry, (outs, states, pre) = _scan(cell, options, xs, valid, carry0, w, p,
-                                       state_mask, starts, inits, residuals=True)
-    res = (xs, valid, carry0, w, p, state_mask, starts, inits, outs, states, pre)
+    steps = Steps(xs, valid, state_mask, starts, inits)
+    chunking = _chunking(options, valid.shape[0])
+    if chunking is None:
+        carry, (outs, states, pre) = _run(cell, options, steps, carry0, w, p, residuals=True)
+        saved: Any = (outs, states, pre)
+    else:   # remat: only the carry before every chunk is saved
+        run = partial(_run, cell, options, w=w, p=p, residuals=False)
+        outs, carry, states, saved = _chunked_forward(run, chunking, steps, carry0)
+    res = (steps, carry0, w, p, saved)
     return (outs, carry, states if starts is not None else ()), res
 
 
+def _chunked_forward(run: Callable, chunking: Chunking, steps: Steps, carry0: Carry):
+    """The forward loop of ``remat``: an outer ``lax.scan`` over the chunks, each run by
+    ``run(steps, carry) -> (carry, (outs, states))`` on inputs read in place, its outputs written
+    into ``[S, ·]`` buffers. Returns ``(outs, carry, states, boundaries)``, ``boundaries`` the
+    carry before every chunk (``[num_chunks, D, B, ·]`` each)."""
+    S, h0 = chunking.num_steps, carry0[0]
+    like = jax.ShapeDtypeStruct((S,) + h0.shape[1:], h0.dtype)
+    outs0, states0 = _zeros_after(
+        ((like,) * len(steps.xs), () if steps.starts is None else tuple(
+            jax.ShapeDtypeStruct((S,) + c.shape, c.dtype) for c in carry0[1:])), steps.xs[0])
+
+    def chunk(acc, c):
+        carry, outs, states = acc
+        start, _, span = chunking.cut(steps, c)
+        new, (o, s) = run(span, carry)
+        return (new, tuple(_write(b, a, start) for b, a in zip(outs, o)),
+                tuple(_write(b, a, start) for b, a in zip(states, s))), carry
+
+    (carry, outs, states), boundaries = lax.scan(chunk, (carry0, outs0, states0),
+                                                 jnp.arange(chunking.num_chunks))
+    return outs, carry, states, boundaries
+
+
 def _masked_scan_bwd(cell, options, res, cts):
-    """The hand-written backward pass: one ``dgates @ W_hh`` per step, gate gradients written over
-    the saved pre-activations (no new buffer), every weight and input gradient a GEMM after."""
-    xs, valid, carry0, w, p, state_mask, starts, inits, outs, states, pre = res
+    """The hand-written backward pass (:func:`_backward`), over all steps at once or, with
+    ``remat``, chunk by chunk (:func:`_chunked_backward`)."""
+    steps, carry0, w, p, saved = res
+    chunking = _chunking(options, steps.valid.shape[0])
+    if chunking is None:
+        d_carry0, (d_xs, d_mask_seq, d_inits), (d_w, d_p, d_mask) = _backward(
+            cell, options, steps, carry0, w, p, saved, cts)
+    else:
+        d_carry0, (d_xs, d_mask_seq, d_inits), (d_w, d_p, d_mask) = _chunked_backward(
+            cell, options, chunking, steps, carry0, w, p, saved, cts)
+    return (d_xs, None, d_carry0, d_w, d_p, d_mask if d_mask_seq is None else d_mask_seq, None,
+            d_inits)
+
+
+def _backward(cell, options, steps: Steps, carry0: Carry, w: LayerWeights, p, saved, cts):
+    """The backward loop over ``steps``: one ``dgates @ W_hh`` per step, gate gradients written
+    over the saved pre-activations (no new buffer), every weight and input gradient a GEMM after.
+
+    ``saved``: ``(outs, states, pre)`` of the forward loop (:func:`_scan` with ``residuals``);
+    ``cts``: the cotangents of ``(outs, final carry, states)``. Returns ``(d_carry0, per_step,
+    summed)``: the per-step gradients ``(d_xs, d_state_mask [S, ·] or None, d_inits or None)`` and
+    the others ``(d_w, d_p, d_state_mask [D, B, H_out] or None)``.
+    """
+    xs, valid, state_mask, starts, inits = steps
+    outs, states, pre = saved
     d_outs, d_carry, d_states = cts
     unroll, compute_dtype = options.unroll, options.compute_dtype
     D, summed, per_step_mask = len(xs), _summed(cell), _per_step(state_mask)
@@ -338,15 +529,12 @@ def _masked_scan_bwd(cell, options, res, cts):
                         for b, (g, d) in zip(buffers, [(g, d) for g in grads for d in range(D)]))
         return (d_prev, d_p, d_mask, buffers), (d_init_t, d_mask_t)
 
-    constant_mask = state_mask is not None and not per_step_mask
     acc0 = (d_carry, jax.tree.map(jnp.zeros_like, p),
-            jnp.zeros_like(state_mask) if constant_mask else None, pre)
-    steps = jnp.arange(valid.shape[0])
+            None if state_mask is None or per_step_mask else jnp.zeros_like(state_mask), pre)
+    index = jnp.arange(valid.shape[0])
     (d_carry0, d_p, d_mask, d_seq), (d_inits, d_mask_seq) = lax.scan(
-        body, acc0, (steps, h_prev, valid, d_outs, starts, inits, d_states or None,
+        body, acc0, (index, h_prev, valid, d_outs, starts, inits, d_states or None,
                      state_mask if per_step_mask else None), reverse=True, unroll=unroll)
-    if per_step_mask:
-        d_mask = d_mask_seq
     d_xp, d_hw = (d_seq, d_seq) if summed else (d_seq[:D], d_seq[D:])
     h_rec = _recurrent_input(h_prev, state_mask)
     # Per direction: [S, B, ·] sequences, one GEMM each.
@@ -355,7 +543,54 @@ def _masked_scan_bwd(cell, options, res, cts):
         w_ih_t=jnp.stack([_contract(xs[d], d_xp[d], compute_dtype) for d in range(D)]),
         w_hh_t=jnp.stack([_contract(h_rec[d], d_hw[d], compute_dtype) for d in range(D)]),
         bias=None if w.bias is None else jnp.stack([d_xp[d].sum((0, 1))[None] for d in range(D)]))
-    return d_xs, None, d_carry0, d_w, d_p, d_mask, None, d_inits
+    return d_carry0, (d_xs, d_mask_seq, d_inits), (d_w, d_p, d_mask)
+
+
+def _chunked_backward(cell, options, chunking: Chunking, steps: Steps, carry0: Carry,
+                      w: LayerWeights, p, boundaries: Carry, cts):
+    """:func:`_backward` chunk by chunk, last chunk first (``remat``): each chunk's forward loop is
+    run again from the carry saved before it (:func:`_chunked_forward`), for its residuals only.
+
+    The per-step gradients are added into zero-filled ``[S, ·]`` buffers (the steps a chunk does
+    not own add exact zeros), the input gradients of both directions of a :class:`Backwards`
+    reading into one; weight gradients are summed over chunks. Returns as :func:`_backward`.
+    """
+    k, S = chunking.size, chunking.num_steps
+    d_outs, d_carry, d_states = cts
+    zeros = partial(jax.tree.map, jnp.zeros_like)
+
+    def chunk(acc, c):
+        d_after, d_xs, d_seq, summed = acc
+        start, owned, span = chunking.cut(steps, c)
+        before = tuple(b[c] for b in boundaries)
+        _, saved = _run(cell, options, span, before, w, p, residuals=True)
+
+        def cut(a):   # the cotangents of this chunk's steps (those it does not own: zero)
+            a = lax.dynamic_slice_in_dim(a, start, k)
+            if owned is None:
+                return a
+            return jnp.where(owned.reshape((k,) + (1,) * (a.ndim - 1)), a, jnp.zeros((), a.dtype))
+
+        d_before, (grads, *seq), sums = _backward(cell, options, span, before, w, p, saved,
+                                                  (tuple(map(cut, d_outs)), d_after,
+                                                   tuple(map(cut, d_states))))
+        d_xs = list(d_xs)
+        for d, g in enumerate(grads):
+            if isinstance(steps.xs[d], Backwards):
+                d_xs[0] = _add(d_xs[0], lax.rev(g, (0,)), S - start - k)
+            else:
+                d_xs[d] = _add(d_xs[d], g, start)
+        d_seq = jax.tree.map(partial(_add, start=start), d_seq, tuple(seq))
+        return (d_before, tuple(d_xs), d_seq, jax.tree.map(jnp.add, summed, sums)), None
+
+    per_step_mask = _per_step(steps.state_mask)
+    d_xs, d_seq = _zeros_after((steps.xs, (steps.state_mask if per_step_mask else None,
+                                           steps.inits)), boundaries[0], d_outs[0])
+    summed = (zeros(w), zeros(p),
+              None if steps.state_mask is None or per_step_mask else zeros(steps.state_mask))
+    (d_carry0, d_xs, d_seq, summed), _ = lax.scan(
+        chunk, (d_carry, d_xs, d_seq, summed), jnp.arange(chunking.num_chunks), reverse=True)
+    return d_carry0, (d_xs,) + d_seq, summed
 
 
 masked_scan.defvjp(_masked_scan_fwd, _masked_scan_bwd)
@@ -580,6 +815,41 @@ def scan_for(forward_mode: bool) -> Callable:
     return masked_scan_jvp if forward_mode else masked_scan
 
 
+def run_scan(cell: Callable, options: ScanOptions, xs: tuple[Any, ...], valid: jax.Array,
+             carry0: Carry, w: LayerWeights, p: CellParams,
+             state_mask: Optional[jax.Array] = None, starts: Optional[jax.Array] = None,
+             inits: Optional[Carry] = None) -> tuple[tuple[jax.Array, ...], Carry, Carry]:
+    """The masked scan that ``options`` select, with the arguments and results of
+    :data:`masked_scan` (``S`` steps); an entry of ``xs`` may be :class:`Backwards`.
+
+    ``options.remat = k`` (``k < S``) trades compute for memory in reverse mode: the forward loop
+    saves only the carry before every chunk of ``k`` steps (the first chunk takes the ``S % k``
+    leftover steps), and the backward pass runs each chunk's forward loop again, for its
+    residuals, just before that chunk's backward loop. Saved activations grow as ``S/k + k``
+    instead of ``S``, for one more forward loop. Weight gradients are summed over chunks (one GEMM
+    per chunk), so gradients equal the default's up to float rounding; outputs are the same.
+    With ``forward_mode`` the chunks are :data:`masked_scan_jvp` under ``jax.checkpoint`` in an
+    outer ``lax.scan`` (JAX then recomputes them in reverse mode).
+    """
+    chunking = _chunking(options, valid.shape[0])
+    if chunking is None:
+        return scan_for(options.forward_mode)(cell, options, _readings(xs), valid, carry0, w, p,
+                                              state_mask, starts, inits)
+    if not options.forward_mode:       # masked_scan's VJP runs the chunks
+        return masked_scan(cell, options, xs, valid, carry0, w, p, state_mask, starts, inits)
+
+    @partial(jax.checkpoint, prevent_cse=False)   # inside a scan CSE cannot undo the remat
+    def run(steps: Steps, carry: Carry, w: LayerWeights, p: CellParams):
+        outs, carry, states = masked_scan_jvp(cell, options, steps.xs, steps.valid, carry, w, p,
+                                              steps.state_mask, steps.starts, steps.inits)
+        return carry, (outs, states)
+
+    outs, carry, states, _ = _chunked_forward(lambda steps, carry: run(steps, carry, w, p),
+                                              chunking,
+                                              Steps(xs, valid, state_mask, starts, inits), carry0)
+    return outs, carry, states
+
+
 def _stack(params: Mapping[str, jax.Array], kind: str, layer: int, num_directions: int) -> jax.Array:
     return jnp.stack([params[param_name(kind, layer, d)] for d in range(num_directions)])
 
@@ -618,13 +888,14 @@ class Reading(NamedTuple):
     """How the directions of a layer read its input: forward, and (bidirectional) backwards.
 
     Plain and packed scans read the reverse direction from the time-flipped input (a static
-    reversal, ``lax.rev``): a row's valid steps are then a suffix in scan order, before which its
-    state stays at its initial value. A staircase needs every direction valid on the same prefix
+    reversal, :class:`Backwards`, materialised by :func:`run_scan` unless ``remat`` reads it chunk
+    by chunk): a row's valid steps are then a suffix in scan order, before which its state stays
+    at its initial value. A staircase needs every direction valid on the same prefix
     of steps (its chunks drop finished rows), so there each row is reversed within its own length
     (a per-row gather) instead.
     """
 
-    xs: tuple[jax.Array, ...]   # [T, B, F] per direction, in its reading order
+    xs: tuple[Any, ...]         # [T, B, F] per direction, in its reading order, or Backwards
     valid: jax.Array            # bool [T, D, B]
     within_length: bool
 
@@ -636,7 +907,7 @@ class Reading(NamedTuple):
         if within_length:
             return Reading((x, reverse_within_length(x, lengths)), jnp.stack([valid, valid], 1),
                            True)
-        return Reading((x, lax.rev(x, (0,))), jnp.stack([valid, lax.rev(valid, (0,))], 1), False)
+        return Reading((x, Backwards()), jnp.stack([valid, lax.rev(valid, (0,))], 1), False)
 
     def join(self, outs: Sequence[jax.Array], lengths: jax.Array) -> jax.Array:
         """Per-direction outputs in scan order -> ``[T, B, D*H_out]`` in forward time."""
@@ -685,8 +956,10 @@ def run_layer(mode: str, params: Mapping[str, jax.Array], layer: int, num_direct
     reading = Reading.of(x, lengths, D, within_length=sort_rows)
     carry, pieces = carry0, []
     for start, stop, rows in schedule.chunks:
-        outs, new, _ = scan_for(options.forward_mode)(
-            CELLS[mode], options, tuple(a[start:stop, :rows] for a in reading.xs),
+        whole = (start, stop, rows) == (0, T, B)     # always, without a staircase
+        outs, new, _ = run_scan(
+            CELLS[mode], options, reading.xs if whole else tuple(a[start:stop, :rows]
+                                                                 for a in reading.xs),
             reading.valid[start:stop, :, :rows], tuple(c[:, :rows] for c in carry), w, p,
             None if state_mask is None else state_mask[:, :rows])
         carry = tuple(jnp.concatenate([n, c[:, rows:]], axis=1) for n, c in zip(new, carry))
@@ -732,9 +1005,8 @@ def run_segment_layer(mode: str, params: Mapping[str, jax.Array], layer: int, nu
     if state_mask is not None:
         state_mask = steps(jnp.broadcast_to(state_mask, (D, B, S, H_out)))
     carry0 = tuple(jnp.zeros_like(x, shape=(D, B, c.shape[-1])) for c in init)
-    outs, _, states = scan_for(options.forward_mode)(CELLS[mode], options, reading.xs,
-                                                     reading.valid, carry0, w, p, state_mask,
-                                                     starts, inits)
+    outs, _, states = run_scan(CELLS[mode], options, reading.xs, reading.valid, carry0, w, p,
+                               state_mask, starts, inits)
     present = (segments.sizes > 0)[None, :, :, None]                      # [1, B, S, 1]
     last = [segments.last_steps(d) for d in range(D)]
     gathered = [jnp.stack([take_steps(outs[d], last[d]) for d in range(D)])]

@@ -45,12 +45,12 @@ def measure_input_projection(model: RecurrentBase, batch: int, time_steps: int, 
     """Time a training step of ``model`` with ``input_projection="in_loop"`` and ``"hoisted"``.
 
     Each choice is one ``jax.jit`` of ``value_and_grad`` over the parameters and the input, with
-    ``model``'s parameters and static options (``compute_dtype``, ``unroll``, ``forward_mode``)
-    and random inputs ``[time_steps, batch, input_size]`` of the parameters' dtype with traced
-    random lengths in ``[1, time_steps]`` (packed rows run the same loop, so the answer holds for
-    them too). After one warm-up call each, ``rounds`` rounds run both choices interleaved (so
-    load from other processes hits both alike) and the medians are compared. Compiling both takes
-    a few seconds; the timed steps take ``2 * rounds`` step times.
+    ``model``'s parameters and static options (``compute_dtype``, ``unroll``, ``forward_mode``,
+    ``remat``) and random inputs ``[time_steps, batch, input_size]`` of the parameters' dtype
+    with traced random lengths in ``[1, time_steps]`` (packed rows run the same loop, so the
+    answer holds for them too). After one warm-up call each, ``rounds`` rounds run both choices
+    interleaved (so load from other processes hits both alike) and the medians are compared.
+    Compiling both takes a few seconds; the timed steps take ``2 * rounds`` step times.
 
     Args:
       model: a :class:`jaxseq.LSTM`, :class:`jaxseq.GRU` or :class:`jaxseq.RNN`.
@@ -89,7 +89,7 @@ def measure_input_projection(model: RecurrentBase, batch: int, time_steps: int, 
             output, _ = functional.recurrent(model.mode, p, xx, lens, unroll=model.unroll,
                                              compute_dtype=model.compute_dtype,
                                              forward_mode=model.forward_mode,
-                                             input_projection=choice)
+                                             remat=model.remat, input_projection=choice)
             return jnp.sum(output)
 
         return jax.jit(jax.value_and_grad(loss, argnums=(0, 1)))

@@ -75,3 +75,19 @@ def test_budget_starts_no_config(tmp_path):
     rows = _json_rows(rows_file)
     assert [r["config"] for r in rows] == list(run.GPU_CONFIGS)
     assert all(r["status"] == "skipped" and "budget" in r["note"] for r in rows)
+
+
+def test_quick_long_sequences(tmp_path):
+    """``python -m benchmarks.long_sequences --quick``: jaxseq with and without ``remat`` and torch
+    packed, each in its own process; remat lowers the compiled temporary memory."""
+    rows_file = tmp_path / "long.jsonl"
+    done = subprocess.run([sys.executable, "-m", "benchmarks.long_sequences", "--quick",
+                           "--rounds", "1", "--json", str(rows_file)], cwd=ROOT,
+                          capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    rows = _json_rows(rows_file)
+    assert [(r["contender"], r["remat"]) for r in rows] == [
+        ("jaxseq", None), ("jaxseq", 7), ("torch-packed", None)]           # round(sqrt(48)) = 7
+    assert all(math.isfinite(r["step_s"]) and r["step_s"] > 0 and r["rss_gib"] > 0 for r in rows)
+    assert rows[1]["temp_mib"] < rows[0]["temp_mib"]
+    assert "| 48 | jaxseq remat=7 |" in done.stdout and "load average at end" in done.stdout

@@ -5,7 +5,7 @@
 * a batch of only zero-length rows (torch cannot run it): zero output, ``h_n == h0`` bit for bit,
   finite gradients, identity gradient to ``h0`` and zero gradient to ``x`` and the parameters;
 * ``T = 2000``: parity with torch in float64, and compiled memory of forward + backward measured
-  with ``memory_analysis()``: linear in ``T`` (jaxseq has no remat option to compare against yet);
+  with ``memory_analysis()``: linear in ``T`` by default (``remat=k``: ``test_remat.py``);
 * bfloat16 / float16 parameters: finite outputs and gradients, close to float32 within measured
   tolerances (``LOW_PRECISION_ATOL``);
 * importing and running jaxseq never switches ``jax_enable_x64`` on (fresh subprocess);
@@ -113,7 +113,7 @@ def _train_memory(T: int) -> dict:
 
 
 def test_long_sequence_memory_is_linear_in_T(record_property):
-    """No remat option exists; residuals are O(T * B * G). Measured: ~5.0 kB per step here."""
+    """Without ``remat`` the residuals are O(T * B * G). Measured: ~5.0 kB per step here."""
     short, long = _train_memory(1000), _train_memory(2000)
     record_property("memory_T1000", short)
     record_property("memory_T2000", long)
