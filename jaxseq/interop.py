@@ -69,6 +69,7 @@ import warnings
 from collections.abc import Callable, Collection, Iterable, Mapping
 from typing import Any, NamedTuple, Optional, Union
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import nnx
@@ -416,6 +417,61 @@ def _described(model: nnx.Module) -> str:
     return f"the {type(model).__name__} model"
 
 
+def _value(variable: nnx.Variable) -> Any:
+    """A variable's value (Flax >= 0.12 ``get_value``; ``.value`` before, which 0.12 deprecates)."""
+    get = getattr(variable, "get_value", None)
+    return get() if get is not None else variable.value
+
+
+def _abstract(variable: nnx.Variable) -> bool:
+    """The variable holds a ``jax.ShapeDtypeStruct``: built under ``nnx.eval_shape``."""
+    return isinstance(_value(variable), jax.ShapeDtypeStruct)
+
+
+def _write(variable: nnx.Variable, value: jax.Array) -> None:
+    """Fill ``variable`` with ``value`` (checked: its shape and dtype), abstract or not."""
+    if not _abstract(variable):
+        variable[...] = value
+    elif hasattr(variable, "set_value"):        # Flax >= 0.12
+        variable.set_value(value)
+    else:
+        variable.value = value
+
+
+def _check_filled(module: nnx.Module, found: _Mapping) -> None:
+    """Raise if ``module`` holds abstract variables (``nnx.eval_shape``) that no torch key fills:
+    RNG streams (their seed did not survive ``eval_shape``) and variables without torch keys."""
+    filled = {id(slot.variable) for slot in found.slots.values()}
+    streams: dict[str, dict[str, None]] = {}          # {tag: {stream path: None}}
+    others = []
+    for path, node in nnx.iter_graph(module):
+        if not isinstance(node, nnx.Variable) or id(node) in filled or not _abstract(node):
+            continue
+        if isinstance(node, nnx.RngState):
+            streams.setdefault(str(getattr(node, "tag", "?")), {})[_where(tuple(path[:-1]))] = None
+        else:
+            value = _value(node)
+            others.append(f"{_where(tuple(path))} ({type(node).__name__} "
+                          f"{list(value.shape)} {np.dtype(value.dtype).name})")
+    if not streams and not others:
+        return
+    problems = []
+    if streams:
+        listed = "; ".join(f"{tag!r}: {', '.join(list(paths)[:3])}"
+                           + (f" and {len(paths) - 3} more" if len(paths) > 3 else "")
+                           for tag, paths in streams.items())
+        seeds = ", ".join(f"{tag}=SEED" for tag in streams)
+        problems.append(f"RNG streams without a key ({listed}): nnx.eval_shape does not keep the "
+                        f"seed and a state_dict holds none; give them keys first with "
+                        f"nnx.reseed(model, {seeds}).")
+    if others:
+        problems.append(f"Variables without a torch key: {', '.join(others)}; build the model "
+                        "without nnx.eval_shape, or set them first (variable.set_value(...)).")
+    raise ValueError("load_torch_state_dict: the model was built with nnx.eval_shape and the "
+                     "state_dict does not fill all its variables. " + " ".join(problems)
+                     + " Nothing was written.")
+
+
 def load_torch_state_dict(module: nnx.Module, state_dict: Mapping[str, Any], *,
                           prefix: str = "", rename: Optional[Rename] = None) -> nnx.Module:
     """Copy a torch ``state_dict`` (parameters and buffers) into ``module`` in place; return it.
@@ -479,9 +535,10 @@ def load_torch_state_dict(module: nnx.Module, state_dict: Mapping[str, Any], *,
     check_shapes({k: s.torch_shape for k, s in found.slots.items()},
                  {k: a.shape for k, a in arrays.items()}, what, _described(module),
                  _near_misses(found.slots, arrays))
+    _check_filled(module, found)
     for key, slot in found.slots.items():
-        slot.variable[...] = jnp.asarray(slot.layout.from_torch(arrays[key]),
-                                         dtype=slot.variable.dtype)
+        _write(slot.variable, jnp.asarray(slot.layout.from_torch(arrays[key]),
+                                          dtype=slot.variable.dtype))
     return module
 
 

@@ -158,3 +158,23 @@ def test_layouts_packed_outputs_repeated_calls_and_unmatched_modules(scan_head):
         assert ("torch module head (Linear, 2 calls) not compared: JAX's 'head' was called inside "
                 "a JAX transformation that is not a jaxseq decoding loop") in notes
     assert len(report.notes) == 2 + scan_head                    # nothing else to say
+
+
+def test_a_new_tensor_with_a_freed_channels_first_outputs_id_is_not_channels_first():
+    """Channels-first outputs are tracked by identity, not by ``id`` alone: CPython gives a freed
+    tensor's address to the next one, which must not be taken for channels first (in the
+    Tacotron-style example it was, depending on memory layout: a ``[B, S, E]`` memory through a
+    Linear was compared moved, as ``[B, E, S]``)."""
+    from jaxseq.parity.capture import TorchModules
+
+    model = nn.Sequential(nn.Conv1d(2, 2, 1))
+    modules = TorchModules(record=False)
+    with modules(model):
+        out = model(torch.ones(1, 2, 3))
+        assert modules.channels_first(out)
+        freed = id(out)
+        del out
+        fresh = [torch.zeros(1, 3, 2) for _ in range(20)]
+        reused = [t for t in fresh if id(t) == freed]
+        assert reused                                   # the freed address, given again
+        assert not modules.channels_first(reused[0])

@@ -138,14 +138,19 @@ def test_torch_decoder_keeps_the_loop_state_as_tensor_attributes():
 @pytest.fixture(scope="module")
 def ported():
     """The torch model after two Adam steps (moved batch-norm statistics, a decoder holding the
-    last forward pass's tensors) and its NNX twin loaded from its ``state_dict``."""
+    last forward pass's tensors) and its NNX twin built with ``nnx.eval_shape`` (no random init)
+    and filled from its ``state_dict`` (the dropouts' RNG streams named until reseeded)."""
     torch.manual_seed(0)
     torch_model = torch_tts.Tacotron(HP)
     cfg = port_tts.TTSConfig(batch_size=4, learning_rate=1e-3)
     words = ("the", "of", "and", "to", "in", "is", "for", "that")
     port_tts.train_torch(torch_model, port_tts.training_batches(
         words, cfg, 2, 0, text_length=4, num_frames=tts_data.max_frames(words)), cfg)
-    jax_model = port_tts.Tacotron(HP, rngs=nnx.Rngs(params=0, dropout=1))
+    jax_model = nnx.eval_shape(lambda: port_tts.Tacotron(HP, rngs=nnx.Rngs(params=0, dropout=1)))
+    with pytest.raises(ValueError, match=r"RNG streams without a key \('dropout': "
+                                         r"decoder\.attention_dropout\.rngs, .* and 2 more\)"):
+        jaxseq.load_torch_state_dict(jax_model, torch_model.state_dict())
+    nnx.reseed(jax_model, dropout=1)
     jaxseq.load_torch_state_dict(jax_model, torch_model.state_dict())
     return torch_model, jax_model
 

@@ -35,6 +35,7 @@ import contextlib
 import dataclasses
 import functools
 import itertools
+import weakref
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import AbstractContextManager
 from typing import Any, Optional
@@ -94,7 +95,10 @@ class TorchModules:
         self.record = record
         self.calls: list[TorchCall] = []
         self.stack: list[str] = []
-        self._first: set[int] = set()        # ids of channels-first outputs
+        # channels-first outputs by id, held weakly: a freed tensor's id, reused by a new tensor,
+        # must not mark the new one
+        self._first: weakref.WeakValueDictionary[int, torch.Tensor] = \
+            weakref.WeakValueDictionary()
 
     def where(self) -> str:
         return self.stack[-1] if self.stack else "(outside the model's submodules)"
@@ -102,11 +106,11 @@ class TorchModules:
     def channels_first(self, tensor: torch.Tensor) -> bool:
         """``tensor`` is the output of a channels-first layer (or of a module after one that kept
         its shape)."""
-        return id(tensor) in self._first
+        return self._first.get(id(tensor)) is tensor
 
     def _leaves(self, module: nn.Module, args: tuple, output: Any) -> list[TorchLeaf]:
         first_in = next((a for a in args if isinstance(a, torch.Tensor)), None)
-        follows = first_in is not None and id(first_in) in self._first
+        follows = first_in is not None and self.channels_first(first_in)
         leaves: list[TorchLeaf] = []
 
         def visit(value: Any) -> None:
@@ -119,7 +123,7 @@ class TorchModules:
                 first = value.dim() >= 3 and (_channels_first(module) or (
                     follows and first_in is not None and value.shape == first_in.shape))
                 if first:
-                    self._first.add(id(value))
+                    self._first[id(value)] = value
                 if self.record:
                     array = value.detach().cpu().numpy()
                     leaves.append(TorchLeaf(np.moveaxis(array, 1, -1) if first else array, first))
