@@ -476,6 +476,13 @@ def load_torch_state_dict(module: nnx.Module, state_dict: Mapping[str, Any], *,
                           prefix: str = "", rename: Optional[Rename] = None) -> nnx.Module:
     """Copy a torch ``state_dict`` (parameters and buffers) into ``module`` in place; return it.
 
+    ``module`` may be built with ``nnx.eval_shape`` (shapes and dtypes only, no random
+    initialisation to overwrite): its abstract variables (``jax.ShapeDtypeStruct`` values) are
+    filled with the loaded arrays, checked and cast to their dtype as concrete ones are. An
+    abstract variable that no key fills raises: an RNG stream (``nnx.eval_shape`` keeps no key;
+    call ``nnx.reseed(model, dropout=SEED)`` for each stream first) or a variable without a torch
+    key (an ``nnx.Cache``...).
+
     Args:
       module: a jaxseq layer (:class:`jaxseq.LSTM` / ``GRU`` / ``RNN``), cell
         (:class:`jaxseq.LSTMCell` / ...), :class:`jaxseq.BatchNorm` or :class:`jaxseq.Embedding`,
@@ -491,8 +498,9 @@ def load_torch_state_dict(module: nnx.Module, state_dict: Mapping[str, Any], *,
 
     Raises:
       ValueError: keys on either side without a counterpart (all of them listed, with shapes, and
-        the pairs that differ only in list indices or by one level named together), or a shape
-        mismatch (naming the key and both shapes, in torch's layout).
+        the pairs that differ only in list indices or by one level named together), a shape
+        mismatch (naming the key and both shapes, in torch's layout), or abstract variables
+        (``nnx.eval_shape``) that the state_dict does not fill (named, with the fix).
       TypeError: ``state_dict`` is not a mapping, a value's dtype does not fit its variable
         (an integer tensor for a parameter or a floating buffer, a floating one for a counter), or
         a Flax layer of the model has no torch mapping.
