@@ -232,12 +232,15 @@ class TorchAttention(nn.Module):
         return scores.masked_fill(torch.arange(F) >= lengths[:, None], -torch.inf).softmax(-1)
 
 
+_jitted = jax.jit(lambda x: x)
+
+
 class JaxAttention(nnx.Module):
     def __init__(self, rngs: nnx.Rngs):
         self.lin = nnx.Linear(F, F, rngs=rngs)
 
     def __call__(self, x, lengths):
-        scores = (lambda: _scale_helper(self.lin(x)))()            # a helper inside a lambda
+        scores = (lambda: _scale_helper(_jitted(self.lin(x))))()   # helpers inside a lambda
         return jaxseq.attention_weights(scores, lengths)           # a module's attribute
 
 
@@ -247,8 +250,9 @@ def _squares(m, b):
 
 def test_a_compilation_is_not_reused_after_a_module_attribute_or_code_changes(monkeypatch):
     """The code key follows ``jaxseq.attention_weights`` (a function reached as a module's
-    attribute), names read inside a lambda of a method, and code objects edited in place (as
-    IPython's autoreload does): each change compiles again under ``jit=True``."""
+    attribute), names read inside a lambda of a method, the function a ``jax.jit`` wraps, and
+    code objects edited in place (as IPython's autoreload does): each change compiles again under
+    ``jit=True``."""
     torch.manual_seed(0)
     batch = {"x": np.random.default_rng(1).standard_normal((B, F)),
              "lengths": np.array([3, 2, 1, 3])}
@@ -261,6 +265,9 @@ def test_a_compilation_is_not_reused_after_a_module_attribute_or_code_changes(mo
     monkeypatch.undo()
     assert run() < 1e-12                                         # the first compilation again
     monkeypatch.setattr(sys.modules[__name__], "_scale_helper", lambda x: 2.0 * x)
+    assert run() > 1e-3
+    monkeypatch.undo()
+    monkeypatch.setattr(sys.modules[__name__], "_jitted", jax.jit(lambda x: 2.0 * x))
     assert run() > 1e-3
     monkeypatch.undo()
     edited = lambda self, x, lengths: jaxseq.attention_weights(2.0 * self.lin(x), lengths)  # noqa: E731

@@ -187,7 +187,7 @@ def code_key(model: nnx.Module, loss_fn: Callable) -> tuple[Any, ...]:
             for name in names:
                 if name in attributes:
                     reached(attributes[name], names, modules)
-        elif not isinstance(value, type) and isinstance(
+        elif callable(value) and not isinstance(value, type) and isinstance(
                 wrapped := getattr(value, "__wrapped__", None), types.FunctionType):
             add(wrapped)                                # jax.jit, functools.wraps...
 
