@@ -189,6 +189,12 @@ def test_quick_run_checks_the_port_in_training_mode_then_trains_it(tmp_path):
     draws = 2 + 4 * T + 3                   # encoder, per step (prenet x2, both cells), postnet
     assert f"dropout replayed: {draws} mask(s) drawn by torch, taken by the JAX side in order" \
         in report.notes
+    # the port's dropouts where torch calls F.dropout: one short note, each with its calls
+    (usual,) = [n for n in report.notes if "not compared" in n]
+    assert usual.startswith("JAX modules without parameters and no torch module, not compared")
+    assert usual.endswith(f"decoder.prenet.dropout (Dropout, {2 * T} calls), decoder."
+                          f"attention_dropout (Dropout, {T} calls), decoder.decoder_dropout "
+                          f"(Dropout, {T} calls), postnet.dropout (Dropout, 3 calls)")
     assert report.entry("buffer", "postnet.convolutions.1.norm.num_batches_tracked").scale == 3
     assert {e.name for e in report.entries if e.kind == "input_grad"} == {"mels", "stop"}
     assert any("autograd history" in n and "decoder.processed_memory" in n for n in report.notes)
