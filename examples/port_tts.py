@@ -6,7 +6,9 @@ decoder loop of LSTM cells, a postnet) from torch to JAX, prove it equal, and tr
 
 1. trains :class:`torch_ref.tts.Tacotron` (NVIDIA Tacotron 2's structure at a toy size) for a few
    steps, saves its ``state_dict`` and loads it into the NNX twin :class:`Tacotron` here
-   (submodules named as torch's) with one :func:`jaxseq.load_torch_state_dict` call;
+   (submodules named as torch's) with one :func:`jaxseq.load_torch_state_dict` call, the twin
+   built with ``nnx.eval_shape`` (shapes only: no random initialisation to overwrite) and its
+   dropouts' RNG streams seeded with ``nnx.reseed``;
 2. checks the port with one :func:`jaxseq.parity.compare_models` call per dtype, in training mode
    (batch statistics, every dropout on) with torch's dropout draws replayed on the JAX side
    (``dropout="replay"``) and the output of every submodule compared (``modules=True``), in
@@ -488,7 +490,9 @@ def main(argv: Optional[Sequence[str]] = None) -> dict[str, Any]:
     path = out / "torch_tts.pt"
     path.parent.mkdir(parents=True, exist_ok=True)
     torch.save(torch_model.state_dict(), path)
-    jax_model = Tacotron(hp, rngs=nnx.Rngs(params=cfg.seed, dropout=cfg.seed + 1))
+    jax_model = nnx.eval_shape(                        # shapes only: no random init to overwrite
+        lambda: Tacotron(hp, rngs=nnx.Rngs(params=cfg.seed, dropout=cfg.seed + 1)))
+    nnx.reseed(jax_model, dropout=cfg.seed + 1)        # eval_shape keeps no RNG key: give them one
     jaxseq.load_torch_state_dict(jax_model, torch.load(path, weights_only=True))
     trained = (f" (loss {torch_losses[0]:.3f} -> {torch_losses[-1]:.3f})" if torch_losses else "")
     print(f"torch Tacotron: {sum(p.numel() for p in torch_model.parameters())} parameters, "

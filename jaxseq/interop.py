@@ -69,6 +69,7 @@ import warnings
 from collections.abc import Callable, Collection, Iterable, Mapping
 from typing import Any, NamedTuple, Optional, Union
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import nnx
@@ -416,9 +417,71 @@ def _described(model: nnx.Module) -> str:
     return f"the {type(model).__name__} model"
 
 
+def _value(variable: nnx.Variable) -> Any:
+    """A variable's value (Flax >= 0.12 ``get_value``; ``.value`` before, which 0.12 deprecates)."""
+    get = getattr(variable, "get_value", None)
+    return get() if get is not None else variable.value
+
+
+def _abstract(variable: nnx.Variable) -> bool:
+    """The variable holds a ``jax.ShapeDtypeStruct``: built under ``nnx.eval_shape``."""
+    return isinstance(_value(variable), jax.ShapeDtypeStruct)
+
+
+def _write(variable: nnx.Variable, value: jax.Array) -> None:
+    """Fill ``variable`` with ``value`` (checked: its shape and dtype), abstract or not."""
+    if not _abstract(variable):
+        variable[...] = value
+    elif hasattr(variable, "set_value"):        # Flax >= 0.12
+        variable.set_value(value)
+    else:
+        variable.value = value
+
+
+def _check_filled(module: nnx.Module, found: _Mapping) -> None:
+    """Raise if ``module`` holds abstract variables (``nnx.eval_shape``) that no torch key fills:
+    RNG streams (their seed did not survive ``eval_shape``) and variables without torch keys."""
+    filled = {id(slot.variable) for slot in found.slots.values()}
+    streams: dict[str, dict[str, None]] = {}          # {tag: {stream path: None}}
+    others = []
+    for path, node in nnx.iter_graph(module):
+        if not isinstance(node, nnx.Variable) or id(node) in filled or not _abstract(node):
+            continue
+        if isinstance(node, nnx.RngState):
+            streams.setdefault(str(getattr(node, "tag", "?")), {})[_where(tuple(path[:-1]))] = None
+        else:
+            value = _value(node)
+            others.append(f"{_where(tuple(path))} ({type(node).__name__} "
+                          f"{list(value.shape)} {np.dtype(value.dtype).name})")
+    if not streams and not others:
+        return
+    problems = []
+    if streams:
+        listed = "; ".join(f"{tag!r}: {', '.join(list(paths)[:3])}"
+                           + (f" and {len(paths) - 3} more" if len(paths) > 3 else "")
+                           for tag, paths in streams.items())
+        seeds = ", ".join(f"{tag}=SEED" for tag in streams)
+        problems.append(f"RNG streams without a key ({listed}): nnx.eval_shape does not keep the "
+                        f"seed and a state_dict holds none; give them keys first with "
+                        f"nnx.reseed(model, {seeds}).")
+    if others:
+        problems.append(f"Variables without a torch key: {', '.join(others)}; build the model "
+                        "without nnx.eval_shape, or set them first (variable.set_value(...)).")
+    raise ValueError("load_torch_state_dict: the model was built with nnx.eval_shape and the "
+                     "state_dict does not fill all its variables. " + " ".join(problems)
+                     + " Nothing was written.")
+
+
 def load_torch_state_dict(module: nnx.Module, state_dict: Mapping[str, Any], *,
                           prefix: str = "", rename: Optional[Rename] = None) -> nnx.Module:
     """Copy a torch ``state_dict`` (parameters and buffers) into ``module`` in place; return it.
+
+    ``module`` may be built with ``nnx.eval_shape`` (shapes and dtypes only, no random
+    initialisation to overwrite): its abstract variables (``jax.ShapeDtypeStruct`` values) are
+    filled with the loaded arrays, checked and cast to their dtype as concrete ones are. An
+    abstract variable that no key fills raises: an RNG stream (``nnx.eval_shape`` keeps no key;
+    call ``nnx.reseed(model, dropout=SEED)`` for each stream first) or a variable without a torch
+    key (an ``nnx.Cache``...).
 
     Args:
       module: a jaxseq layer (:class:`jaxseq.LSTM` / ``GRU`` / ``RNN``), cell
@@ -435,8 +498,9 @@ def load_torch_state_dict(module: nnx.Module, state_dict: Mapping[str, Any], *,
 
     Raises:
       ValueError: keys on either side without a counterpart (all of them listed, with shapes, and
-        the pairs that differ only in list indices or by one level named together), or a shape
-        mismatch (naming the key and both shapes, in torch's layout).
+        the pairs that differ only in list indices or by one level named together), a shape
+        mismatch (naming the key and both shapes, in torch's layout), or abstract variables
+        (``nnx.eval_shape``) that the state_dict does not fill (named, with the fix).
       TypeError: ``state_dict`` is not a mapping, a value's dtype does not fit its variable
         (an integer tensor for a parameter or a floating buffer, a floating one for a counter), or
         a Flax layer of the model has no torch mapping.
@@ -479,9 +543,10 @@ def load_torch_state_dict(module: nnx.Module, state_dict: Mapping[str, Any], *,
     check_shapes({k: s.torch_shape for k, s in found.slots.items()},
                  {k: a.shape for k, a in arrays.items()}, what, _described(module),
                  _near_misses(found.slots, arrays))
+    _check_filled(module, found)
     for key, slot in found.slots.items():
-        slot.variable[...] = jnp.asarray(slot.layout.from_torch(arrays[key]),
-                                         dtype=slot.variable.dtype)
+        _write(slot.variable, jnp.asarray(slot.layout.from_torch(arrays[key]),
+                                          dtype=slot.variable.dtype))
     return module
 
 

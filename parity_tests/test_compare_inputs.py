@@ -13,6 +13,7 @@ import torch
 from flax import nnx
 from torch import nn
 
+import jaxseq
 from jaxseq.parity import compare_models
 
 B, F = 4, 3
@@ -219,3 +220,56 @@ def test_a_compilation_is_not_reused_after_the_port_code_changes(monkeypatch):
 
 def _jax_port_loss(m, b):
     return m(b["x"]).sum()
+
+
+class TorchAttention(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.lin = nn.Linear(F, F)
+
+    def forward(self, x, lengths):                               # x [B, F] -> weights [B, F]
+        scores = self.lin(x)
+        return scores.masked_fill(torch.arange(F) >= lengths[:, None], -torch.inf).softmax(-1)
+
+
+_jitted = jax.jit(lambda x: x)
+
+
+class JaxAttention(nnx.Module):
+    def __init__(self, rngs: nnx.Rngs):
+        self.lin = nnx.Linear(F, F, rngs=rngs)
+
+    def __call__(self, x, lengths):
+        scores = (lambda: _scale_helper(_jitted(self.lin(x))))()   # helpers inside a lambda
+        return jaxseq.attention_weights(scores, lengths)           # a module's attribute
+
+
+def _squares(m, b):
+    return (m(b["x"], b["lengths"]) ** 2).sum()
+
+
+def test_a_compilation_is_not_reused_after_a_module_attribute_or_code_changes(monkeypatch):
+    """The code key follows ``jaxseq.attention_weights`` (a function reached as a module's
+    attribute), names read inside a lambda of a method, the function a ``jax.jit`` wraps, and
+    code objects edited in place (as IPython's autoreload does): each change compiles again under
+    ``jit=True``."""
+    torch.manual_seed(0)
+    batch = {"x": np.random.default_rng(1).standard_normal((B, F)),
+             "lengths": np.array([3, 2, 1, 3])}
+    torch_model, port = TorchAttention(), JaxAttention(nnx.Rngs(0))
+    run = lambda: compare_models(torch_model, port, batch, torch_loss=_squares,  # noqa: E731
+                                 jax_loss=_squares).entry("loss", "loss").relative
+    assert run() < 1e-12
+    monkeypatch.setattr(jaxseq, "attention_weights", lambda s, n: jax.nn.softmax(s, -1))
+    assert run() > 1e-3                                          # the mask forgotten
+    monkeypatch.undo()
+    assert run() < 1e-12                                         # the first compilation again
+    monkeypatch.setattr(sys.modules[__name__], "_scale_helper", lambda x: 2.0 * x)
+    assert run() > 1e-3
+    monkeypatch.undo()
+    monkeypatch.setattr(sys.modules[__name__], "_jitted", jax.jit(lambda x: 2.0 * x))
+    assert run() > 1e-3
+    monkeypatch.undo()
+    edited = lambda self, x, lengths: jaxseq.attention_weights(2.0 * self.lin(x), lengths)  # noqa: E731
+    monkeypatch.setattr(JaxAttention.__call__, "__code__", edited.__code__)
+    assert run() > 1e-3

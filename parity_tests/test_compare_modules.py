@@ -50,7 +50,7 @@ def test_decoder_loop_gives_one_entry_per_step_in_torch_order(decoder):
                             batch, torch_loss=torch_loss, jax_loss=jax_loss, modules=True)
     report.assert_close(rtol=1e-10)
     assert report.first_divergence() is None
-    order = [e.name for e in sorted(report.entries, key=lambda e: e.order) if e.kind == "module"]
+    order = [e.name for e in report.modules()]
     per_step = lambda t: [f"prenet[{t}]", f"cell[{t}]:0", f"cell[{t}]:1", f"query[{t}]",  # noqa: E731
                           f"out[{t}]"]
     assert order == ["embedding", "encoder:0", "encoder:1", "encoder:2",
@@ -143,8 +143,11 @@ def test_layouts_packed_outputs_repeated_calls_and_unmatched_modules(scan_head):
                             torch_loss=_tagger_loss, jax_loss=_tagger_loss, modules=True)
     modules = {e.name: e for e in report.entries if e.kind == "module"}
     notes = "\n".join(report.notes)
-    assert "torch modules not compared: drop (Dropout): no JAX module named 'drop' was called" in notes
-    assert "JAX modules called with no torch counterpart: extra (1 call(s))" in notes
+    # parameterless modules with no twin: one short note per side, each module with its calls
+    assert ("torch modules without parameters and no JAX module, not compared (usual where the "
+            "port calls a function: jnp.tanh, nnx.relu): drop (Dropout, 1 call)") in report.notes
+    assert ("JAX modules without parameters and no torch module, not compared (usual where torch "
+            "calls a function: F.dropout, F.relu): extra (ReLU, 1 call)") in report.notes
     for name in ("conv", "norm", "act", "lstm:0", "lstm:1", "lstm:2"):
         assert modules[name].passes(1e-10) and modules[name].scale > 0, name
     assert modules["conv"].shape == (B, T, C) and modules["lstm:0"].shape == (B, T, H)
@@ -152,5 +155,26 @@ def test_layouts_packed_outputs_repeated_calls_and_unmatched_modules(scan_head):
         assert {"head[0]", "head[1]"} <= set(modules)
         report.assert_close(rtol=1e-10)
     else:                                                        # named, not silently skipped
-        assert ("head (Linear): JAX's 'head' was called inside a JAX transformation that is not "
-                "a jaxseq decoding loop") in notes
+        assert ("torch module head (Linear, 2 calls) not compared: JAX's 'head' was called inside "
+                "a JAX transformation that is not a jaxseq decoding loop") in notes
+    assert len(report.notes) == 2 + scan_head                    # nothing else to say
+
+
+def test_a_new_tensor_with_a_freed_channels_first_outputs_id_is_not_channels_first():
+    """Channels-first outputs are tracked by identity, not by ``id`` alone: CPython gives a freed
+    tensor's address to the next one, which must not be taken for channels first (in the
+    Tacotron-style example it was, depending on memory layout: a ``[B, S, E]`` memory through a
+    Linear was compared moved, as ``[B, E, S]``)."""
+    from jaxseq.parity.capture import TorchModules
+
+    model = nn.Sequential(nn.Conv1d(2, 2, 1))
+    modules = TorchModules(record=False)
+    with modules(model):
+        out = model(torch.ones(1, 2, 3))
+        assert modules.channels_first(out)
+        freed = id(out)
+        del out
+        fresh = [torch.zeros(1, 3, 2) for _ in range(20)]
+        reused = [t for t in fresh if id(t) == freed]
+        assert reused                                   # the freed address, given again
+        assert not modules.channels_first(reused[0])

@@ -11,8 +11,10 @@ What is really exercised here, on a CPU-only machine:
 * bit-exact round trips jaxseq -> torch -> jaxseq and torch -> jaxseq -> torch in float32 and
   float64 (and bfloat16 for a bfloat16 module);
 * ``prefix=`` picking one submodule out of a larger torch model;
-* atomicity: a failing load writes nothing.
+* atomicity: a failing load writes nothing;
+* a model built with ``nnx.eval_shape`` (no random init) filled by the load.
 """
+import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
@@ -214,3 +216,55 @@ def test_loaded_parameters_do_not_alias_torch_memory():
     with torch.no_grad():
         tmod.weight_ih_l0.add_(1.0)
     np.testing.assert_array_equal(np.asarray(jmod.weight_ih_l0[...]), before)
+
+
+def _abstract(module) -> list[str]:
+    return [".".join(map(str, path)) for path, node in nnx.iter_graph(module)
+            if isinstance(node, nnx.Variable) and isinstance(node.get_value(), jax.ShapeDtypeStruct)]
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_a_model_built_with_eval_shape_loads_without_a_random_init(dtype):
+    """``nnx.eval_shape`` leaves ``ShapeDtypeStruct``s; the load fills them in the abstract dtype
+    (float64 torch values into a float32 model are cast), as it fills a concrete model."""
+    sd = _torch_lstm(torch.float64).state_dict()
+    abstract = nnx.eval_shape(lambda: _jax_lstm(dtype))
+    assert len(_abstract(abstract)) == len(sd)
+    load_torch_state_dict(abstract, sd)
+    assert not _abstract(abstract)
+    concrete = load_torch_state_dict(_jax_lstm(dtype), sd)
+    want = {k: torch.from_numpy(v) for k, v in torch_state_dict(concrete).items()}
+    _assert_params_equal(abstract, want)                         # target dtype, bit for bit
+    assert nnx.graphdef(abstract) == nnx.graphdef(concrete)
+    with pytest.raises(ValueError, match=r"'weight_hr_l1_reverse': expected shape \(2, 6\)"):
+        load_torch_state_dict(nnx.eval_shape(lambda: _jax_lstm(dtype)),
+                              {**sd, "weight_hr_l1_reverse": torch.ones(2, 7)})
+
+
+def test_eval_shape_rng_streams_and_variables_without_torch_keys_are_named():
+    """An RNG stream's key is not in a state_dict and its seed does not survive ``eval_shape``:
+    the error names the streams and the fix (``nnx.reseed``), and writes nothing; after the reseed
+    the load fills the rest. A variable with no torch key is named too."""
+    sd = _torch_lstm().state_dict()
+    build = lambda: jaxseq.LSTM(3, 6, num_layers=2, bidirectional=True, proj_size=2,  # noqa: E731
+                                dropout=0.25, rngs=nnx.Rngs(params=0, dropout=3))
+    model = nnx.eval_shape(build)
+    with pytest.raises(ValueError, match=r"RNG streams without a key \('dropout': rngs\): nnx\."
+                                         r"eval_shape does not keep the seed.*nnx\.reseed\(model, "
+                                         r"dropout=SEED\)\. Nothing was written\."):
+        load_torch_state_dict(model, sd)
+    assert len(_abstract(model)) == len(sd) + 2                      # nothing written
+    nnx.reseed(model, dropout=3)
+    _assert_params_equal(load_torch_state_dict(model, sd), sd)
+    assert not _abstract(model)
+
+    class WithCache(nnx.Module):
+        def __init__(self):
+            self.rnn = jaxseq.GRU(3, 5, rngs=nnx.Rngs(0))
+            self.cache = nnx.Cache(jnp.zeros((2, 5), jnp.float32))
+
+    torch.manual_seed(0)
+    with pytest.raises(ValueError, match=r"Variables without a torch key: cache \(Cache \[2, 5\] "
+                                         r"float32\); build the model without nnx\.eval_shape"):
+        load_torch_state_dict(nnx.eval_shape(WithCache), torch.nn.GRU(3, 5).state_dict(),
+                              rename=lambda k: "rnn." + k)

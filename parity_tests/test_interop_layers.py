@@ -7,6 +7,7 @@
 * a DeepSpeech-style model (Conv2d + BatchNorm2d front end, BiLSTM, BatchNorm1d, Linear) with
   :class:`jaxseq.BatchNorm`: the whole ``state_dict`` (parameters and buffers) loads with no hand
   copying, the eval forward pass matches, the round trip is bit-exact buffers included;
+* the same model built with ``nnx.eval_shape`` (no random init) and filled by the load;
 * ``torch_state_dict(nnx.State)``: gradients (with and without ``like=``) and optimizer moments by
   torch name, equal to torch's gradients;
 * errors: the key and both shapes, integer buffers, unmapped Flax layers, nothing written.
@@ -243,6 +244,21 @@ def test_deepspeech_style_model_loads_whole_state_dict_and_matches(speech):
     got, want, valid = speech["got"], speech["want"], speech["valid"]
     np.testing.assert_allclose(got[valid], want[valid], **TOL64)  # torch normalises padding too
     assert np.all(got[~valid] == 0)
+
+
+def test_a_model_built_with_eval_shape_loads_with_no_random_init(speech):
+    """Conv + batch norms + BiLSTM + Linear + a dropout built with ``nnx.eval_shape``: the load
+    names the dropout's RNG stream (no key survives ``eval_shape``), and after ``nnx.reseed``
+    fills parameters and buffers: the same graph and state as the concrete model's load."""
+    model = nnx.eval_shape(JaxSpeech)
+    sd = speech["tmodel"].state_dict()
+    with pytest.raises(ValueError, match=r"RNG streams without a key \('default': drop\.rngs\)"
+                                         r".*nnx\.reseed\(model, default=SEED\)"):
+        load_torch_state_dict(model, sd)
+    nnx.reseed(model, default=0)
+    load_torch_state_dict(model, sd)
+    _assert_round_trip(model, speech["tmodel"], TorchSpeech().double())
+    assert nnx.graphdef(model) == nnx.graphdef(speech["jmodel"])
 
 
 def test_gradients_state_by_torch_name(speech):

@@ -138,14 +138,19 @@ def test_torch_decoder_keeps_the_loop_state_as_tensor_attributes():
 @pytest.fixture(scope="module")
 def ported():
     """The torch model after two Adam steps (moved batch-norm statistics, a decoder holding the
-    last forward pass's tensors) and its NNX twin loaded from its ``state_dict``."""
+    last forward pass's tensors) and its NNX twin built with ``nnx.eval_shape`` (no random init)
+    and filled from its ``state_dict`` (the dropouts' RNG streams named until reseeded)."""
     torch.manual_seed(0)
     torch_model = torch_tts.Tacotron(HP)
     cfg = port_tts.TTSConfig(batch_size=4, learning_rate=1e-3)
     words = ("the", "of", "and", "to", "in", "is", "for", "that")
     port_tts.train_torch(torch_model, port_tts.training_batches(
         words, cfg, 2, 0, text_length=4, num_frames=tts_data.max_frames(words)), cfg)
-    jax_model = port_tts.Tacotron(HP, rngs=nnx.Rngs(params=0, dropout=1))
+    jax_model = nnx.eval_shape(lambda: port_tts.Tacotron(HP, rngs=nnx.Rngs(params=0, dropout=1)))
+    with pytest.raises(ValueError, match=r"RNG streams without a key \('dropout': "
+                                         r"decoder\.attention_dropout\.rngs, .* and 2 more\)"):
+        jaxseq.load_torch_state_dict(jax_model, torch_model.state_dict())
+    nnx.reseed(jax_model, dropout=1)
     jaxseq.load_torch_state_dict(jax_model, torch_model.state_dict())
     return torch_model, jax_model
 
@@ -184,6 +189,12 @@ def test_quick_run_checks_the_port_in_training_mode_then_trains_it(tmp_path):
     draws = 2 + 4 * T + 3                   # encoder, per step (prenet x2, both cells), postnet
     assert f"dropout replayed: {draws} mask(s) drawn by torch, taken by the JAX side in order" \
         in report.notes
+    # the port's dropouts where torch calls F.dropout: one short note, each with its calls
+    (usual,) = [n for n in report.notes if "not compared" in n]
+    assert usual.startswith("JAX modules without parameters and no torch module, not compared")
+    assert usual.endswith(f"decoder.prenet.dropout (Dropout, {2 * T} calls), decoder."
+                          f"attention_dropout (Dropout, {T} calls), decoder.decoder_dropout "
+                          f"(Dropout, {T} calls), postnet.dropout (Dropout, 3 calls)")
     assert report.entry("buffer", "postnet.convolutions.1.norm.num_batches_tracked").scale == 3
     assert {e.name for e in report.entries if e.kind == "input_grad"} == {"mels", "stop"}
     assert any("autograd history" in n and "decoder.processed_memory" in n for n in report.notes)
@@ -235,7 +246,8 @@ def test_first_divergence_names_the_module_with_the_planted_bug(ported, monkeypa
     assert first is not None and (first.kind, first.name) == ("module", where)
     assert first.relative > 1e-4
     assert report.entry("loss", "loss").relative > 1e-7                  # the symptom
-    passing = [e for e in report.entries if e.kind == "module" and e.order < first.order]
+    modules = report.modules()                                           # torch's call order
+    passing = modules[:modules.index(first)]
     assert passing and all(e.passes(1e-10) for e in passing)            # everything before it
 
 

@@ -34,6 +34,8 @@ import collections
 import contextlib
 import dataclasses
 import functools
+import itertools
+import weakref
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import AbstractContextManager
 from typing import Any, Optional
@@ -80,6 +82,7 @@ class TorchCall:
     path: str
     kind: str            # the module's class name
     leaves: list[TorchLeaf]
+    parameterless: bool  # no parameter nor buffer (nn.ReLU, nn.Dropout...)
 
 
 class TorchModules:
@@ -92,7 +95,10 @@ class TorchModules:
         self.record = record
         self.calls: list[TorchCall] = []
         self.stack: list[str] = []
-        self._first: set[int] = set()        # ids of channels-first outputs
+        # channels-first outputs by id, held weakly: a freed tensor's id, reused by a new tensor,
+        # must not mark the new one
+        self._first: weakref.WeakValueDictionary[int, torch.Tensor] = \
+            weakref.WeakValueDictionary()
 
     def where(self) -> str:
         return self.stack[-1] if self.stack else "(outside the model's submodules)"
@@ -100,11 +106,11 @@ class TorchModules:
     def channels_first(self, tensor: torch.Tensor) -> bool:
         """``tensor`` is the output of a channels-first layer (or of a module after one that kept
         its shape)."""
-        return id(tensor) in self._first
+        return self._first.get(id(tensor)) is tensor
 
     def _leaves(self, module: nn.Module, args: tuple, output: Any) -> list[TorchLeaf]:
         first_in = next((a for a in args if isinstance(a, torch.Tensor)), None)
-        follows = first_in is not None and id(first_in) in self._first
+        follows = first_in is not None and self.channels_first(first_in)
         leaves: list[TorchLeaf] = []
 
         def visit(value: Any) -> None:
@@ -117,7 +123,7 @@ class TorchModules:
                 first = value.dim() >= 3 and (_channels_first(module) or (
                     follows and first_in is not None and value.shape == first_in.shape))
                 if first:
-                    self._first.add(id(value))
+                    self._first[id(value)] = value
                 if self.record:
                     array = value.detach().cpu().numpy()
                     leaves.append(TorchLeaf(np.moveaxis(array, 1, -1) if first else array, first))
@@ -137,15 +143,19 @@ class TorchModules:
         for path, module in model.named_modules():
             if not path:
                 continue
+            parameterless = not any(True for _ in itertools.chain(module.parameters(),
+                                                                  module.buffers()))
 
             def enter(module: nn.Module, args: tuple, path: str = path) -> None:
                 self.stack.append(path)
 
-            def leave(module: nn.Module, args: tuple, output: Any, path: str = path) -> None:
+            def leave(module: nn.Module, args: tuple, output: Any, path: str = path,
+                      parameterless: bool = parameterless) -> None:
                 self.stack.pop()
                 leaves = self._leaves(module, args, output)
                 if self.record:
-                    self.calls.append(TorchCall(path, type(module).__name__, leaves))
+                    self.calls.append(TorchCall(path, type(module).__name__, leaves,
+                                                parameterless))
 
             handles.append(module.register_forward_pre_hook(enter))
             handles.append(module.register_forward_hook(leave, always_call=True))
@@ -222,6 +232,7 @@ class JaxCalls(Instrument, hooks.Observer):
         self.stack: list[tuple[Any, str]] = []
         self.scopes: list[_Scope] = []
         self.skipped: dict[str, str] = {}
+        self.kinds: dict[str, tuple[str, bool]] = {}   # {name: (class name, parameterless)}
         self.calls: list[tuple[str, list[np.ndarray]]] = []
 
     def where(self) -> str:
@@ -280,6 +291,11 @@ class JaxCalls(Instrument, hooks.Observer):
                    if isinstance(node, nnx.Module)]
         names = torch_names(model)
         self.ids = {id(node): names[path] for path, node in modules if path}   # not the model
+        held = [tuple(path) for path, node in nnx.iter_graph(model)
+                if isinstance(node, (nnx.Param, nnx.BatchStat))]
+        self.kinds = {names[path]: (type(node).__name__,
+                                    not any(p[:len(path)] == path for p in held))
+                      for path, node in modules if path}
         self.stack, self.skipped = [], {}
         self.scopes = [_Scope(trace_state())]
         classes = sorted({type(node) for _, node in modules}, key=lambda c: len(c.__mro__))
@@ -291,10 +307,10 @@ class JaxCalls(Instrument, hooks.Observer):
 
     def facts(self) -> Any:
         return ([(name, len(leaves)) for name, leaves in self.scopes[0].records],
-                dict(self.skipped))
+                dict(self.skipped), dict(self.kinds))
 
     def receive(self, outputs: Any, facts: Any) -> None:
-        names, self.skipped = facts
+        names, self.skipped, self.kinds = facts
         self.calls = [(name, [np.asarray(a) for a in leaves])
                       for (name, _), leaves in zip(names, outputs or [])]
 
@@ -345,11 +361,20 @@ def _as_jax_layout(leaf: TorchLeaf, want: tuple[int, ...]) -> np.ndarray:
     return value
 
 
+def _calls(count: int) -> str:
+    return f"{count} call{'s' if count != 1 else ''}"
+
+
 def module_entries(torch_calls: Sequence[TorchCall], jax: JaxCalls,
                    jax_key: Callable[[str], Optional[str]], prefix: str
                    ) -> tuple[list[Entry], list[str]]:
     """The ``"module"`` entries (``Entry.order``: torch's order of finished calls) and notes;
-    ``jax_key``: torch key -> JAX key (``prefix`` stripped, ``rename`` applied)."""
+    ``jax_key``: torch key -> JAX key (``prefix`` stripped, ``rename`` applied).
+
+    Notes: one per module that is not compared, with its class, call count and why; modules
+    without parameters or buffers that have no module of that name on the other side (an
+    ``nnx.Dropout`` where torch calls ``F.dropout``, an ``nn.Tanh`` where the port calls
+    ``jnp.tanh``: the usual case, not a fault) are listed together, one note per side."""
     by_name: dict[str, list[list[np.ndarray]]] = collections.defaultdict(list)
     for called, leaves in jax.calls:
         by_name[called].append(leaves)
@@ -357,19 +382,24 @@ def module_entries(torch_calls: Sequence[TorchCall], jax: JaxCalls,
     torch_count = collections.Counter(c.path for c in torch_calls)
     seen: collections.Counter[str] = collections.Counter()
     entries: list[Entry] = []
-    unmatched: dict[str, str] = {}
-    matched_names = set()
+    unmatched: dict[str, str] = {}          # {torch path: why}
+    usual: dict[str, list[str]] = {"torch": [], "JAX": []}     # parameterless, no twin
+    matched_names: collections.Counter[str] = collections.Counter()   # torch calls per JAX name
     for call in torch_calls:
         index = seen[call.path]
         seen[call.path] += 1
         name, why = _jax_name(call.path, jax_key, prefix)
         if name is None or name not in by_name:
+            if call.path in unmatched or call.path in usual["torch"]:
+                continue
             if name in skipped:
                 why = f"JAX's {name!r} was {skipped.pop(name)}"
-            unmatched.setdefault(call.path, f"{call.path} ({call.kind}): " + (
-                why or f"no JAX module named {name!r} was called"))
+            elif not why and call.parameterless:
+                usual["torch"].append(call.path)
+                continue
+            unmatched[call.path] = why or f"no JAX module named {name!r} was called"
             continue
-        matched_names.add(name)
+        matched_names[name] += 1
         jax_calls = by_name[name]
         several = max(torch_count[call.path], len(jax_calls)) > 1
         label = f"{call.path}[{index}]" if several else call.path
@@ -389,20 +419,28 @@ def module_entries(torch_calls: Sequence[TorchCall], jax: JaxCalls,
             suffix = f":{k}" if len(got) > 1 else ""
             entries.append(compared("module", label + suffix, value, _as_jax_layout(leaf, want),
                                     order=len(entries)))
-    notes = []
-    if unmatched:
-        notes.append("torch modules not compared: " + "; ".join(unmatched.values()))
-    extra = [f"{name} ({len(calls)} call(s))" for name, calls in by_name.items()
-             if name not in matched_names]
-    if extra:
-        notes.append("JAX modules called with no torch counterpart: " + ", ".join(extra))
-    for name, count in ((n, len(c)) for n, c in by_name.items() if n in matched_names):
-        torch_calls_of = [c for c in torch_calls
-                          if _jax_name(c.path, jax_key, prefix)[0] == name]
-        if count > len(torch_calls_of):
-            notes.append(f"JAX module {name} called {count} times, torch {len(torch_calls_of)}: "
-                         "the extra JAX calls are not compared")
-    if skipped:
-        notes.append("JAX modules not recorded: " + "; ".join(
-            f"{name}: {why}" for name, why in skipped.items()))
+    kinds = {c.path: c.kind for c in torch_calls}
+    notes = [f"torch module {path} ({kinds[path]}, {_calls(torch_count[path])}) not compared: "
+             f"{why}" for path, why in unmatched.items()]
+    for name, calls in by_name.items():
+        kind, parameterless = jax.kinds[name]
+        if name in matched_names:
+            if len(calls) > matched_names[name]:
+                notes.append(f"JAX module {name} ({kind}) called {len(calls)} times, torch "
+                             f"{matched_names[name]}: the extra JAX calls are not compared")
+        elif parameterless:
+            usual["JAX"].append(name)
+        else:
+            notes.append(f"JAX module {name} ({kind}, {_calls(len(calls))}) not compared: no "
+                         "torch module of that name was called (named otherwise: rename=)")
+    notes += [f"JAX module {name} not compared: {why}" for name, why in skipped.items()]
+    if usual["torch"]:
+        notes.append("torch modules without parameters and no JAX module, not compared (usual "
+                     "where the port calls a function: jnp.tanh, nnx.relu): " + ", ".join(
+                         f"{p} ({kinds[p]}, {_calls(torch_count[p])})" for p in usual["torch"]))
+    if usual["JAX"]:
+        notes.append("JAX modules without parameters and no torch module, not compared (usual "
+                     "where torch calls a function: F.dropout, F.relu): " + ", ".join(
+                         f"{n} ({jax.kinds[n][0]}, {_calls(len(by_name[n]))})"
+                         for n in usual["JAX"]))
     return entries, notes

@@ -83,7 +83,8 @@ class ModelReport:
 
     Attributes:
       dtype: ``"float64"`` or ``"float32"``.
-      entries: every :class:`Entry`, worst first.
+      entries: every :class:`Entry`, worst first; :meth:`modules` gives the ``"module"`` entries
+        in torch's call order.
       notes: remarks on the run (e.g. a side whose loss came out in another dtype).
     """
 
@@ -113,6 +114,13 @@ class ModelReport:
                 return e
         raise KeyError(f"no {kind} entry named {name!r}")
 
+    def modules(self) -> list[Entry]:
+        """The ``"module"`` entries (``modules=True``) in torch's order of finished calls, as
+        ``Entry.order`` numbers them: a child's call before its parent's, the steps of a loop one
+        after the other (``cell[0]``, ``cell[1]``...), the arrays of one output together
+        (``rnn:0``, ``rnn:1``); empty without ``modules=True``. :attr:`entries` is worst first."""
+        return sorted((e for e in self.entries if e.kind == "module"), key=lambda e: e.order)
+
     def failures(self, rtol: Optional[float] = None, atol: float = 0.0) -> list[Entry]:
         """The entries that do not pass (worst first); ``rtol`` defaults to
         :data:`DEFAULT_RTOL` of the report's dtype."""
@@ -126,9 +134,10 @@ class ModelReport:
         entry of any kind, else ``None``. ``rtol`` defaults to :data:`DEFAULT_RTOL` of the
         report's dtype. With ``modules=True`` this names the first submodule whose output differs:
         where a port starts to diverge."""
+        rtol = DEFAULT_RTOL[self.dtype] if rtol is None else rtol
+        first = next((e for e in self.modules() if not e.passes(rtol, atol)), None)
         failed = self.failures(rtol, atol)
-        modules = sorted((e for e in failed if e.kind == "module"), key=lambda e: e.order)
-        return modules[0] if modules else failed[0] if failed else None
+        return first if first is not None else failed[0] if failed else None
 
     def assert_close(self, rtol: Optional[float] = None, atol: float = 0.0, *,
                      show: int = 5) -> None:
@@ -166,8 +175,9 @@ class ModelReport:
                   f"{'max abs err':>11s}  {'relative':>9s}")
         lines += [header, "-" * len(header)]
         for kind in KINDS:                  # grouped by kind: worst first, modules in call order
-            group = [e for e in self.entries if e.kind == kind]
-            for e in sorted(group, key=lambda e: e.order) if kind == "module" else group:
+            group = self.modules() if kind == "module" else [e for e in self.entries
+                                                             if e.kind == kind]
+            for e in group:
                 shape = str(e.shape)
                 if e.problem:
                     lines.append(f"{e.kind:10s}  {e.name:{width}s}  {shape:14s}  {e.problem}")

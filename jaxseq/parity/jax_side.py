@@ -4,15 +4,39 @@ torch weights, and one function that returns the loss, the named outputs, the gr
 instruments (per-module capture, dropout replay) collect. Needs JAX and Flax only.
 
 Compilation. With ``jit=True`` that function is lowered and compiled once per *key* and kept in a
-small cache (:data:`CACHE_SIZE` entries): the model's graph (structure and static attributes), the
-shapes and dtypes of every input, the static batch leaves, the instruments' settings, and the code
-it runs, as function objects: ``jax_loss``, every method of every class of the model's modules
-(their whole MRO) and, following global names and closures from those functions, every function
-of user or jaxseq code they call (library modules such as ``jax``, ``flax``, ``numpy`` are not
-followed). Replacing any of these functions (editing a port's method in place, monkeypatching a
-helper the model calls by name) compiles again; what is not followed (a function reached through
-a module attribute, ``helpers.f``, or through an object other than the model, or a global
-variable's value) does not: pass ``jit=False`` after such a change.
+small cache (:data:`CACHE_SIZE` entries, the least recently used dropped): the model's graph
+(structure, and static attributes such as a conv's ``padding`` or a function stored on a module),
+the shapes, dtypes and weak types of every input, the static batch leaves, the instruments'
+settings (``modules``, ``dropout``), x64 mode, and the code it runs (:func:`code_key`): function
+objects, each with its code object. Followed:
+
+* ``jax_loss`` (a bound method's function, a callable object's ``__call__``) and every function
+  of every class of the model's modules, over their MRO (methods, static and class methods,
+  property getters and setters);
+* from each followed function outside the libraries (``jax``, ``flax``, ``numpy``, ``torch``,
+  ``optax``, the standard library: :data:`_LIBRARIES`), recursively, each once: a function that a
+  global name of its code holds (names read in its body and in the lambdas, functions and
+  comprehensions defined in it); a function in its closure; a function that is an attribute of a
+  Python module held by such a name or closure, when the attribute's name appears in that code
+  (``helpers.f``, ``jaxseq.attention_weights``; ``pkg.sub.f`` through the submodule; library
+  modules are not entered); and the function a decorator wraps (``__wrapped__``: ``jax.jit``,
+  ``functools.wraps``) in any of these places.
+
+Not followed: a function reached any other way (from a dict, list or other container,
+``ACTIVATIONS[name]``; as an attribute of an object that is neither a Python module nor one of
+the model's modules, ``self.config.activation``, ``helper_object.f``; passed as an argument or a
+default value; a ``functools.partial``), the methods of a class that is not one of the model's
+module classes (a helper class the code instantiates), global values that are not functions (a
+constant, an array, a dict), and the code of the libraries. So a compilation is reused when the
+key is equal: the same model structure and static attributes, inputs of the same shapes and
+dtypes, and the same followed function objects with the same code objects. Redefining a followed
+function (a port's method replaced on its class, ``jaxseq.attention_weights`` or a helper the
+model calls by name monkeypatched) or replacing its ``__code__`` (IPython's ``autoreload``)
+compiles again; a change to anything not followed does not, and the old behaviour is measured:
+pass ``jit=False`` after such a change (it traces the current code on every call). Computing the
+key costs about 3 ms of CPU per call on the 2-core AMD EPYC (the Tacotron-style
+``examples/port_tts.py`` model: 339 functions, half of the time walking the model's graph),
+against about 0.15 s for a call that reuses its compilation.
 
 Where the time goes (``python -m benchmarks.compare_models_time``: an attention decoder of 40
 ``LSTMCell`` steps after a packed BiLSTM encoder, float64; process CPU seconds on the 2-core AMD
@@ -136,9 +160,36 @@ def _functions(value: Any) -> list[Any]:
     return [value] if isinstance(value, types.FunctionType) else []
 
 
+def _names(code: types.CodeType) -> dict[str, None]:
+    """The global and attribute names ``code`` reads, in order, with those of the functions,
+    lambdas and comprehensions defined in it (nested code objects)."""
+    names = dict.fromkeys(code.co_names)
+    for const in code.co_consts:
+        if isinstance(const, types.CodeType):
+            names.update(_names(const))
+    return names
+
+
 def code_key(model: nnx.Module, loss_fn: Callable) -> tuple[Any, ...]:
-    """The function objects the loss of ``model`` runs (see the module docs), in a stable order."""
+    """``((function, its code object), ...)``: the functions the loss of ``model`` may run, in a
+    stable order; the module docs say exactly what is followed and what is not."""
     found: dict[int, Any] = {}
+
+    def reached(value: Any, names: dict[str, None], modules: set[int]) -> None:
+        """A value that code reads by a global name, a closure or a module attribute."""
+        if isinstance(value, types.FunctionType):
+            add(value)
+        elif isinstance(value, types.ModuleType):
+            if id(value) in modules or value.__name__.split(".")[0] in _LIBRARIES:
+                return
+            modules.add(id(value))                      # a cycle of modules ends here
+            attributes = vars(value)                    # no module __getattr__ (lazy imports)
+            for name in names:
+                if name in attributes:
+                    reached(attributes[name], names, modules)
+        elif callable(value) and not isinstance(value, type) and isinstance(
+                wrapped := getattr(value, "__wrapped__", None), types.FunctionType):
+            add(wrapped)                                # jax.jit, functools.wraps...
 
     def add(function: Any) -> None:
         if id(function) in found:
@@ -147,14 +198,13 @@ def code_key(model: nnx.Module, loss_fn: Callable) -> tuple[Any, ...]:
         code = getattr(function, "__code__", None)
         if code is None or _is_library(function):
             return
-        for name in code.co_names:
-            value = function.__globals__.get(name)
-            if isinstance(value, types.FunctionType):
-                add(value)
+        names = _names(code)
+        for name in names:
+            if name in function.__globals__:
+                reached(function.__globals__[name], names, set())
         for cell in function.__closure__ or ():
             with contextlib.suppress(ValueError):                  # an empty cell
-                if isinstance(cell.cell_contents, types.FunctionType):
-                    add(cell.cell_contents)
+                reached(cell.cell_contents, names, set())
 
     classes = {type(node) for _, node in nnx.iter_graph(model)
                if not isinstance(node, nnx.Variable)}
@@ -166,7 +216,7 @@ def code_key(model: nnx.Module, loss_fn: Callable) -> tuple[Any, ...]:
     add(loss_fn if isinstance(loss_fn, types.FunctionType) else type(loss_fn).__call__)
     if isinstance(loss_fn, types.MethodType):
         add(loss_fn.__func__)
-    return tuple(found.values())
+    return tuple((f, getattr(f, "__code__", None)) for f in found.values())
 
 
 def _signature(tree: Any) -> tuple[Any, ...]:

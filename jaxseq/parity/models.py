@@ -115,8 +115,11 @@ def compare_models(torch_model: torch.nn.Module, jax_model: nnx.Module, batch: A
         ``"float32"``.
       jit: compile ``jax_loss`` and its gradient (default); ``False`` runs it eagerly (for code
         that reads concrete values). A compilation is reused only for the same model structure,
-        input shapes and dtypes and the same code: :mod:`jaxseq.parity.jax_side` says exactly
-        what counts as the same code (editing a port's method in place compiles again).
+        input shapes and dtypes and the same code: the port's methods, ``jax_loss`` and the
+        functions they reach by global name, closure or as a module's attribute
+        (``jaxseq.attention_weights``), recursively; :mod:`jaxseq.parity.jax_side` says exactly
+        what is followed and what is not (a function in a dict, on a helper object: after
+        changing one, pass ``jit=False``).
       dropout: ``"off"`` (default: compare in ``eval()``, or inject the same masks by hand) or
         ``"replay"``: torch's dropout draws during ``torch_loss`` are recorded and the JAX side's
         draws take them, in the same order (see below and :mod:`jaxseq.parity.replay`).
