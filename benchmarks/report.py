@@ -323,7 +323,18 @@ NOTES = """## Reading the numbers
   config has no Flax contender.
 - With a CUDA GPU visible to both torch and JAX, `python -m benchmarks.run --gpu` times torch with
   cuDNN, jaxseq's scan and jaxseq's cuDNN path (`impl="cudnn"`) on the GPU, TF32 off on both
-  sides (`torch.backends.*.allow_tf32 = False`, `jax_default_matmul_precision="highest"`).
+  sides (`torch.backends.*.allow_tf32 = False`, `jax_default_matmul_precision="highest"`), on
+  torch's fastrnns problems (`vl_py`, `dense`), a long-sequence BiLSTM (2 layers, B 16, T 4000, I
+  64, H 128) with and without `remat=64` (step time and compiled memory; the row is skipped where
+  the installed jaxseq has no `remat=`), configs lstm, bilstm2, gru and a DeepSpeech-like BiLSTM
+  (5 layers, H 1024, B 32, T 500, I 161), in that order. No GPU has been lent to this project
+  yet: there are no GPU figures. The prepared check for a GPU machine (correctness of the fused
+  path first, the failing probes in subprocesses, then `jaxseq-parity`, the GPU tests and this
+  timing, each result appended to a JSON-lines file as it comes; one module per check in
+  `benchmarks/gpu/`) is one command: `PYTHONPATH=. timeout 480 python -m benchmarks.gpu_check
+  --budget 420 --out "$OUT/gpu"`; `--emulate` dry-runs it on a CPU with
+  `jax.experimental.rnn.lstm_ref` in place of cuDNN (about 4 minutes here, every correctness
+  check passing).
 - torch on a CPU shared with other busy processes can be far slower than its quiet-machine time
   (its OpenMP threads wait for each other); compare ratios from quiet runs, or use
   `--torch-threads 1` on a loaded machine. The load average is recorded at the start and end of
