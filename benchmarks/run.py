@@ -117,13 +117,28 @@ def _flax_entry(cfg: BenchConfig) -> Entry:
                  None if cfg.mode == "LSTM" else FLAX_SKIP)
 
 
-def _torch_entry(cfg: BenchConfig, device: str) -> Entry:
+def _torch_entry(cfg: BenchConfig, device: str, threads: Optional[int] = None) -> Entry:
+    """torch's step (``torch-dense`` for a dense problem); with ``threads``, run on that many
+    threads (set around each step, then restored): ``torch-packed/1 thread``."""
     dense = isinstance(cfg, FastRNNsConfig) and not cfg.varlen
-    name = "torch-dense" if dense else "torch-packed"
+    name = ("torch-dense" if dense else "torch-packed") + (f"/{threads} thread" if threads else "")
 
     def build() -> Contender:
         contender = torch_step(cfg, cfg.torch_module(), device)
         contender.name = name
+        if threads:
+            step = contender.step
+
+            def on_threads() -> object:
+                before = torch.get_num_threads()
+                torch.set_num_threads(threads)
+                try:
+                    return step()
+                finally:
+                    torch.set_num_threads(before)
+
+            contender.step = on_threads
+            contender.note = contender.note.rsplit(",", 1)[0] + f", {threads} thread"
         return contender
 
     return Entry(name, build)
@@ -161,7 +176,7 @@ def cpu_entries(cfg: BenchConfig, device: str, levers: bool, quick: bool = False
 def fastrnns_entries(cfg: FastRNNsConfig, device: str, quick: bool = False) -> list[Entry]:
     """torch's fastrnns problems on CPU: jaxseq with traced lengths (both ``input_projection``
     choices), and for varlen packed rows (both choices) and the staircase; torch (packed or
-    dense), Flax, the padded (and packed) GEMM floors."""
+    dense; on all its threads and on one), Flax, the padded (and packed) GEMM floors."""
     def traced(p: str) -> Entry:
         return Entry(f"jaxseq-traced/{p}", lambda: jaxseq_step(
             cfg, cfg.torch_module(), True, f"jaxseq-traced/{p}", input_projection=p))
@@ -176,7 +191,10 @@ def fastrnns_entries(cfg: FastRNNsConfig, device: str, quick: bool = False) -> l
         entries += [packed(p) for p in PROJECTIONS]
         entries.append(Entry("jaxseq-staircase", lambda: jaxseq_step(
             cfg, cfg.torch_module(), False, time_chunks=chunks)))
-    entries += [_torch_entry(cfg, device), _flax_entry(cfg)]
+    entries.append(_torch_entry(cfg, device))
+    if device == "cpu" and torch.get_num_threads() > 1:   # on a shared machine 1 thread can win
+        entries.append(_torch_entry(cfg, device, threads=1))
+    entries.append(_flax_entry(cfg))
     return entries + _floor_entries(cfg, ("padded", "packed") if cfg.varlen else ("padded",))
 
 

@@ -18,7 +18,8 @@ CPU_CONTENDERS = {"jaxseq-packed", "jaxseq-staircase", "jaxseq-traced", "torch-p
                   "flax-nnx.RNN", "floor-padded/hoisted", "floor-padded/in_loop",
                   "floor-packed/hoisted", "floor-packed/in_loop"}
 FASTRNNS_CONTENDERS = {"jaxseq-traced/in_loop", "jaxseq-traced/hoisted", "jaxseq-packed/in_loop",
-                       "jaxseq-packed/hoisted", "jaxseq-staircase", "torch-packed", "flax-nnx.RNN",
+                       "jaxseq-packed/hoisted", "jaxseq-staircase", "torch-packed",
+                       "torch-packed/1 thread", "flax-nnx.RNN",
                        "floor-padded/hoisted", "floor-padded/in_loop", "floor-packed/hoisted",
                        "floor-packed/in_loop"}
 GPU_CONTENDERS = {"jaxseq-traced", "jaxseq-cudnn", "torch-packed", "flax-nnx.RNN", "jaxseq-packed"}
@@ -37,8 +38,8 @@ def _json_rows(path):
 
 def test_quick_cpu_benchmark(tmp_path):
     report, rows_file = tmp_path / "benchmarks.md", tmp_path / "rows.jsonl"
-    out = _run("--config", "lstm", "--config", "vl_py", "--json", str(rows_file),
-               "--markdown", str(report))
+    out = _run("--config", "lstm", "--config", "vl_py", "--torch-threads", "2", "--json",
+               str(rows_file), "--markdown", str(report))
     rows = _json_rows(rows_file)
     timed = {r["contender"]: r for r in rows if r["kind"] in ("step", "floor")
              and r["config"] == "lstm"}
