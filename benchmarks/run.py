@@ -200,8 +200,9 @@ def fastrnns_entries(cfg: FastRNNsConfig, device: str, quick: bool = False) -> l
 
 def gpu_entries(cfg: BenchConfig, device: str, emulate: bool) -> list[Entry]:
     """The GPU table: jaxseq's scan (traced lengths), jaxseq's cuDNN path, torch (cuDNN), Flax
-    (LSTM only), jaxseq on packed rows (not for a dense problem) and, where the config names
-    ``remat`` and the installed jaxseq takes it, the scan with ``remat=k``."""
+    (LSTM only) and jaxseq on packed rows (not for a dense problem); where the config names
+    ``remat``, the scan with ``remat=k`` (when the installed jaxseq takes it) in place of Flax and
+    packed rows."""
     cudnn_skip = None
     if cfg.mode != "LSTM":
         cudnn_skip = f"{cfg.mode} has no cuDNN path"
@@ -211,8 +212,10 @@ def gpu_entries(cfg: BenchConfig, device: str, emulate: bool) -> list[Entry]:
     entries = [Entry("jaxseq-traced", lambda: jaxseq_step(cfg, cfg.torch_module(), True)),
                Entry("jaxseq-cudnn", lambda: _cudnn_step(cfg, emulate and not cuda_available()),
                      cudnn_skip),
-               _torch_entry(cfg, device), _flax_entry(cfg)]
-    if not (isinstance(cfg, FastRNNsConfig) and not cfg.varlen):
+               _torch_entry(cfg, device)]
+    if not cfg.remat:       # the long-sequence row is about memory: scan, remat, cuDNN, torch
+        entries.append(_flax_entry(cfg))
+    if not (isinstance(cfg, FastRNNsConfig) and not cfg.varlen) and not cfg.remat:
         entries.append(Entry("jaxseq-packed", lambda: jaxseq_packed_step(cfg, cfg.torch_module())))
     if cfg.remat:
         name = f"jaxseq-traced, remat={cfg.remat}"
