@@ -153,7 +153,7 @@ def _floor_entries(cfg: BenchConfig, layouts: Sequence[str]) -> list[Entry]:
 def cpu_entries(cfg: BenchConfig, device: str, levers: bool, quick: bool = False) -> list[Entry]:
     """The CPU table: jaxseq (packed rows, staircase, traced lengths), torch, Flax (LSTM only),
     the GEMM floors (padded and packed rows, both projections); ``levers``: jaxseq with the
-    non-default ``input_projection`` too; ``quick``: a staircase of
+    non-default ``input_projection`` and torch on one thread too; ``quick``: a staircase of
     :data:`QUICK_STAIRCASE_CHUNKS` chunks. torch's fastrnns problems: :func:`fastrnns_entries`."""
     if isinstance(cfg, FastRNNsConfig):
         return fastrnns_entries(cfg, device, quick)
@@ -165,6 +165,8 @@ def cpu_entries(cfg: BenchConfig, device: str, levers: bool, quick: bool = False
                _torch_entry(cfg, device), _flax_entry(cfg)]
     if levers:
         other = other_projection()
+        if device == "cpu" and torch.get_num_threads() > 1:
+            entries.append(_torch_entry(cfg, device, threads=1))
         entries += [Entry(f"jaxseq-packed/{other}", lambda: jaxseq_packed_step(
                         cfg, cfg.torch_module(), f"jaxseq-packed/{other}", input_projection=other)),
                     Entry(f"jaxseq-traced/{other}", lambda: jaxseq_step(
