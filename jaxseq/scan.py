@@ -136,12 +136,21 @@ def _matmul_nt(a: jax.Array, b: jax.Array, compute_dtype) -> jax.Array:
                            preferred_element_type=a.dtype)
 
 
-def _matmul_wa(w: jax.Array, a: jax.Array, compute_dtype) -> jax.Array:
-    """``a @ swapaxes(w, -1, -2)`` (``[D, B, K] x [D, N, K] -> [D, B, N]``) computed as the
-    transpose of ``w @ a^T``: the weight is the GEMM's left operand and the small per-step rows
-    its right one, which XLA's CPU GEMMs run faster for one step's few rows (``docs/benchmarks.md``:
-    the dense fastrnns profile); :func:`_matmul`'s ``compute_dtype`` rule."""
-    dims = (((2,), (2,)), ((0,), (0,)))
+#: A per-step product ``rows @ W`` whose weight has at least this many elements runs as
+#: ``(W @ rows^T)^T`` (:func:`_step_matmul`): on the 2-core AMD EPYC of ``docs/benchmarks.md`` that
+#: took 3% off the 512-wide fastrnns steps and cost 3-18% on layers of H <= 256. Same results.
+WEIGHT_FIRST_MIN_SIZE = 2**20
+
+
+def _step_matmul(a: jax.Array, w_t: jax.Array, compute_dtype) -> jax.Array:
+    """One step's ``a @ w_t`` (``[D, B, K] x [D, K, N] -> [D, B, N]``), with :func:`_matmul`'s
+    ``compute_dtype`` rule. For a large weight (:data:`WEIGHT_FIRST_MIN_SIZE`) it is computed as
+    the transpose of ``w_t^T @ a^T``: the weight as the GEMM's left operand, the step's few rows as
+    its right one."""
+    if w_t.shape[-1] * w_t.shape[-2] < WEIGHT_FIRST_MIN_SIZE:
+        return _matmul(a, w_t, compute_dtype)
+    w = jnp.swapaxes(w_t, 1, 2)                                        # [D, N, K]
+    dims = (((2,), (2,)), ((0,), (0,)))                                # -> [D, N, B]
     if compute_dtype is None:
         out = lax.dot_general(w, a, dims)
     else:
@@ -161,12 +170,11 @@ def _scan(cell: Callable, options: ScanOptions, xs, valid, carry0, w: LayerWeigh
     compute_dtype = options.compute_dtype
     w_ih_t, w_hh_t = (w.w_ih_t, w.w_hh_t) if compute_dtype is None else (
         w.w_ih_t.astype(compute_dtype), w.w_hh_t.astype(compute_dtype))
-    w_ih, w_hh = jnp.swapaxes(w_ih_t, 1, 2), jnp.swapaxes(w_hh_t, 1, 2)   # torch's [D, G, ·]
     per_step_mask = _per_step(state_mask)
     D = len(xs)
 
     def project(x_t):                                              # [D, B, F] -> [D, B, G]
-        xp = _matmul_wa(w_ih, x_t, compute_dtype)
+        xp = _step_matmul(x_t, w_ih_t, compute_dtype)
         return xp if w.bias is None else xp + w.bias
 
     if options.hoist_input:   # one [S*B, F] @ [F, G] GEMM per direction; the loop reads its rows
@@ -180,7 +188,7 @@ def _scan(cell: Callable, options: ScanOptions, xs, valid, carry0, w: LayerWeigh
         mask = mask_t if per_step_mask else state_mask
         xp = jnp.stack(x_t) if options.hoist_input else project(jnp.stack(x_t))   # [D, B, G]
         h_rec = carry[0] if mask is None else carry[0] * mask
-        hw = _matmul_wa(w_hh, h_rec, compute_dtype)
+        hw = _step_matmul(h_rec, w_hh_t, compute_dtype)
         new = cell(xp, hw, carry, p)
         keep = valid_t[..., None]                                             # [D, B, 1]
         nxt = tuple(jnp.where(keep, n, o) for n, o in zip(new, carry))
@@ -299,7 +307,8 @@ def _masked_scan_bwd(cell, options, res, cts):
     d_outs, d_carry, d_states = cts
     unroll, compute_dtype = options.unroll, options.compute_dtype
     D, summed, per_step_mask = len(xs), _summed(cell), _per_step(state_mask)
-    w_hh_t = w.w_hh_t if compute_dtype is None else w.w_hh_t.astype(compute_dtype)
+    w_hh = jnp.swapaxes(w.w_hh_t, 1, 2)
+    w_hh = w_hh if compute_dtype is None else w_hh.astype(compute_dtype)
     zero = jnp.zeros((), xs[0].dtype)
     h_prev = _previous_h(valid, carry0, outs, starts, inits)
 
@@ -330,7 +339,7 @@ def _masked_scan_bwd(cell, options, res, cts):
         else:
             _, vjp = jax.vjp(cell, *pre_t, prev_t, p)
             d_xp, d_hw, d_prev, d_p_t = vjp(d_new)
-        d_h_rec = _matmul_wa(w_hh_t, d_hw, compute_dtype)                     # [D, B, H_out]
+        d_h_rec = _step_matmul(d_hw, w_hh, compute_dtype)                      # [D, B, H_out]
         d_mask_t = None
         mask = mask_t if per_step_mask else state_mask
         if mask is not None:
