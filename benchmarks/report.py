@@ -170,22 +170,23 @@ def projection_table(rows: Sequence[dict]) -> list[str]:
 
 def fastrnns_table(rows: Sequence[dict]) -> list[str]:
     """torch's benchmark configs: every contender as a multiple of torch (on all its threads, and
-    the faster of that and one thread) and of Flax (``peer time / this time``: above 1, this is
-    faster) and of its GEMM floor (packed rows: the packed floor; the faster projection), wall
-    clock with the CPU-time ratio in brackets."""
-    lines = ["| config | contender | median ms | CPU ms | torch / this | faster torch / this "
+    the faster of that and one thread), of Flax (``peer time / this time``: above 1, this is
+    faster) and of its GEMM floor (packed rows: the packed floor; the faster projection); ratios
+    of the medians, with the ratio of the fastest steps in brackets (the least disturbed by other
+    processes on a shared machine)."""
+    lines = ["| config | contender | median ms | min ms | torch / this | faster torch / this "
              "| Flax / this | this / GEMM floor | note |",
              "|---|---|---:|---:|---:|---:|---:|---:|---|"]
     for config in dict.fromkeys(r["config"] for r in rows):
-        ms, cpu = _ms(rows, config), _ms(rows, config, "cpu_ms")
+        ms, best = _ms(rows, config), _ms(rows, config, "min_ms")
         floors = {layout: _floor(ms, layout)[0] for layout in ("padded", "packed")}
         torches = [n for n in ms if n.startswith(("torch-packed", "torch-dense"))]
         fastest = min(torches, key=ms.__getitem__) if torches else None
 
-        def both(top: Optional[str], bottom: Optional[str], ms=ms, cpu=cpu) -> str:
+        def both(top: Optional[str], bottom: Optional[str], ms=ms, best=best) -> str:
             if top is None or bottom is None or top not in ms or bottom not in ms:
                 return "-"
-            return f"{_ratio(ms, top, bottom)} ({_ratio(cpu, top, bottom)})"
+            return f"{_ratio(ms, top, bottom)} ({_ratio(best, top, bottom)})"
 
         for r in rows:
             if r["config"] != config:
@@ -196,7 +197,7 @@ def fastrnns_table(rows: Sequence[dict]) -> list[str]:
                 continue
             floor = None if r["kind"] == "floor" else floors[
                 "packed" if name.startswith("jaxseq-packed") else "padded"]
-            lines.append(f"| {config} | {name} | {r['ms']:.1f} | {r['cpu_ms']:.1f} | "
+            lines.append(f"| {config} | {name} | {r['ms']:.1f} | {r['min_ms']:.1f} | "
                          f"{both('torch-packed', name)} | {both(fastest, name)} | "
                          f"{both('flax-nnx.RNN', name)} | {both(name, floor)} | {r['note']} |")
     return lines
