@@ -32,6 +32,7 @@ import argparse
 import dataclasses
 import math
 import os
+import re
 import shlex
 import sys
 import tempfile
@@ -138,7 +139,7 @@ def _torch_entry(cfg: BenchConfig, device: str, threads: Optional[int] = None) -
                     torch.set_num_threads(before)
 
             contender.step = on_threads
-            contender.note = contender.note.rsplit(",", 1)[0] + f", {threads} thread"
+            contender.note = re.sub(r"\d+ threads$", f"{threads} thread", contender.note)
         return contender
 
     return Entry(name, build)
