@@ -136,45 +136,6 @@ def _matmul_nt(a: jax.Array, b: jax.Array, compute_dtype) -> jax.Array:
                            preferred_element_type=a.dtype)
 
 
-#: A per-step product ``rows @ W`` whose weight has at least this many elements runs as
-#: ``(W @ rows^T)^T`` with ``W`` transposed once before the loop (:func:`_step_weight`): on the
-#: 2-core AMD EPYC of ``docs/benchmarks.md`` that took 19% off the 512-wide fastrnns training step
-#: and cost 5-20% on layers of H <= 256. Same results.
-WEIGHT_FIRST_MIN_SIZE = 2**20
-
-
-class _StepWeight(NamedTuple):
-    """A weight as one step's product uses it: ``w [D, K, N]`` for ``rows @ w``, or (``first``)
-    ``w [D, N, K]`` for ``(w @ rows^T)^T``."""
-
-    w: jax.Array
-    first: bool
-
-
-def _step_weight(w_t: jax.Array) -> _StepWeight:
-    """``w_t [D, K, N]`` prepared before a loop: a wide layer's (:data:`WEIGHT_FIRST_MIN_SIZE`)
-    transposed once. The barrier keeps XLA from folding that transpose into the loop body, where it
-    would copy the whole weight at every step."""
-    if w_t.shape[-1] * w_t.shape[-2] < WEIGHT_FIRST_MIN_SIZE:
-        return _StepWeight(w_t, False)
-    return _StepWeight(lax.optimization_barrier(jnp.swapaxes(w_t, 1, 2)), True)
-
-
-def _step_matmul(a: jax.Array, w: _StepWeight, compute_dtype) -> jax.Array:
-    """One step's ``a [D, B, K] @ w -> [D, B, N]`` with :func:`_matmul`'s ``compute_dtype`` rule;
-    for a wide layer the weight is the GEMM's left operand and the step's few rows its right one,
-    which XLA's CPU GEMMs run faster."""
-    if not w.first:
-        return _matmul(a, w.w, compute_dtype)
-    dims = (((2,), (2,)), ((0,), (0,)))                                # -> [D, N, B]
-    if compute_dtype is None:
-        out = lax.dot_general(w.w, a, dims)
-    else:
-        out = lax.dot_general(w.w.astype(compute_dtype), a.astype(compute_dtype), dims,
-                              preferred_element_type=a.dtype)
-    return jnp.swapaxes(out, 1, 2)
-
-
 def _gemm(a: jax.Array, b: jax.Array, compute_dtype) -> jax.Array:
     """``[S, B, F] @ [F, G]`` as one 2-D GEMM (its transpose is one 2-D GEMM too)."""
     return _matmul(a.reshape(-1, a.shape[-1]), b, compute_dtype).reshape(a.shape[:2] + b.shape[1:])
@@ -189,10 +150,8 @@ def _scan(cell: Callable, options: ScanOptions, xs, valid, carry0, w: LayerWeigh
     per_step_mask = _per_step(state_mask)
     D = len(xs)
 
-    w_ih_step, w_hh_step = _step_weight(w_ih_t), _step_weight(w_hh_t)
-
     def project(x_t):                                              # [D, B, F] -> [D, B, G]
-        xp = _step_matmul(x_t, w_ih_step, compute_dtype)
+        xp = _matmul(x_t, w_ih_t, compute_dtype)
         return xp if w.bias is None else xp + w.bias
 
     if options.hoist_input:   # one [S*B, F] @ [F, G] GEMM per direction; the loop reads its rows
@@ -206,7 +165,7 @@ def _scan(cell: Callable, options: ScanOptions, xs, valid, carry0, w: LayerWeigh
         mask = mask_t if per_step_mask else state_mask
         xp = jnp.stack(x_t) if options.hoist_input else project(jnp.stack(x_t))   # [D, B, G]
         h_rec = carry[0] if mask is None else carry[0] * mask
-        hw = _step_matmul(h_rec, w_hh_step, compute_dtype)
+        hw = _matmul(h_rec, w_hh_t, compute_dtype)
         new = cell(xp, hw, carry, p)
         keep = valid_t[..., None]                                             # [D, B, 1]
         nxt = tuple(jnp.where(keep, n, o) for n, o in zip(new, carry))
@@ -326,7 +285,7 @@ def _masked_scan_bwd(cell, options, res, cts):
     unroll, compute_dtype = options.unroll, options.compute_dtype
     D, summed, per_step_mask = len(xs), _summed(cell), _per_step(state_mask)
     w_hh = jnp.swapaxes(w.w_hh_t, 1, 2)
-    w_hh_step = _step_weight(w_hh if compute_dtype is None else w_hh.astype(compute_dtype))
+    w_hh = w_hh if compute_dtype is None else w_hh.astype(compute_dtype)
     zero = jnp.zeros((), xs[0].dtype)
     h_prev = _previous_h(valid, carry0, outs, starts, inits)
 
@@ -357,7 +316,7 @@ def _masked_scan_bwd(cell, options, res, cts):
         else:
             _, vjp = jax.vjp(cell, *pre_t, prev_t, p)
             d_xp, d_hw, d_prev, d_p_t = vjp(d_new)
-        d_h_rec = _step_matmul(d_hw, w_hh_step, compute_dtype)                 # [D, B, H_out]
+        d_h_rec = _matmul(d_hw, w_hh, compute_dtype)                           # [D, B, H_out]
         d_mask_t = None
         mask = mask_t if per_step_mask else state_mask
         if mask is not None:

@@ -15,7 +15,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from jaxseq import functional, init, scan
+from jaxseq import functional, init
 from jaxseq.scan import Staircase, staircase
 from jaxseq.parity.harness import Config, random_lengths, run
 from parity_tests.cases import case_id, split_cases
@@ -83,24 +83,6 @@ def test_explicit_staircase_with_traced_lengths(cfg):
              (CONFIGS[2], dict(time_chunks=1, unroll=2))]), ids=case_id)
 def test_unroll(cfg, options):
     _check(cfg, "float64", concrete_lengths=True, **options)
-
-
-# --- per-step products with the weight as the GEMM's left operand (wide layers) ---------------
-@pytest.fixture
-def weight_first_everywhere(monkeypatch):
-    """Every layer takes the wide-layer product path (``scan.WEIGHT_FIRST_MIN_SIZE = 0``); traces
-    cached before and after are dropped, so no other test reuses one of the other path."""
-    monkeypatch.setattr(scan, "WEIGHT_FIRST_MIN_SIZE", 0)
-    jax.clear_caches()
-    yield
-    jax.clear_caches()
-
-
-@pytest.mark.parametrize("cfg, options", [(EDGE[0], {}), (CONFIGS[7], {}), (CONFIGS[11], {}),
-                                          (EDGE[0], dict(forward_mode=True))], ids=case_id)
-def test_weight_first_step_products(cfg, options, weight_first_everywhere):
-    """``(W @ rows^T)^T`` per step (forward, backward, forward mode) still matches torch."""
-    _check(cfg, "float64", **options)
 
 
 # --- masks: staircase vs plain scan (same function, different schedule) -----------------------
