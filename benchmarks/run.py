@@ -46,7 +46,7 @@ import jax.numpy as jnp
 import numpy as np
 import torch
 
-from benchmarks import compile_time, eager, xla_flags
+from benchmarks import compile_time, eager, pieces, xla_flags
 from benchmarks.configs import (
     CONFIGS,
     CPU_CONFIGS,
@@ -359,6 +359,9 @@ def _parser() -> argparse.ArgumentParser:
                         help="also time eager (un-jitted) calls (benchmarks/eager.py)")
     parser.add_argument("--eager-rev", metavar="REV",
                         help="with --eager: also time jaxseq as it was at git revision REV")
+    parser.add_argument("--pieces", action="store_true",
+                        help="also time the step's parts alone, JAX against torch (torch's fastrnns "
+                             "problems with one unidirectional LSTM layer: benchmarks/pieces.py)")
     parser.add_argument("--torch-threads", type=int, default=os.cpu_count() or 1,
                         help="torch.set_num_threads on CPU (default: the core count)")
     parser.add_argument("--markdown", help="write the report to this file")
@@ -435,6 +438,13 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             + precision))
     if args.levers and not args.gpu:
         report.sections += lever_sections(report, args, over_budget)
+    if args.pieces and not args.gpu:
+        rows = [r for cfg in configs if pieces.supports(cfg) and not over_budget()
+                for r in pieces.piece_rows(cfg, runs, warmup)]
+        sink.write(rows)
+        report.sections.append(("Where the time goes: the step's parts alone",
+                                [pieces.PIECES_TEXT, ""] + pieces.pieces_table(rows)))
+        print("\n== the step's parts alone\n" + "\n".join(pieces.pieces_table(rows)), flush=True)
     if args.eager and not over_budget():
         rows = _eager(args)
         sink.write(rows)
