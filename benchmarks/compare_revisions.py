@@ -2,21 +2,16 @@
 
     python -m benchmarks.compare_revisions REV [--config NAME ...] [--runs N]
 
-``git archive REV jaxseq`` is unpacked into a temporary directory as the package ``jaxseq_rev``
-(imports renamed), so both versions run side by side on the same batch and weights, interleaved
-round-robin; printed: median ms of a jitted forward + backward step with concrete lengths (the
-staircase) and with traced lengths, the ratio ``rev / current`` (above 1: the current code is
-faster), compile seconds, and the loss difference. Used for the reverse-mode cost of the custom
-JVP (``docs/benchmarks.md``).
+The revision is imported beside the current jaxseq (:mod:`benchmarks.revision`), so both versions
+run side by side on the same batch and weights, interleaved round-robin; printed: median ms of a
+jitted forward + backward step with concrete lengths (the staircase) and with traced lengths, the
+ratio ``rev / current`` (above 1: the current code is faster), compile seconds, and the loss
+difference. Used for the reverse-mode cost of the custom JVP (``docs/benchmarks.md``).
 """
 from __future__ import annotations
 
 import argparse
-import io
-import re
-import subprocess
 import sys
-import tarfile
 import tempfile
 import time
 from pathlib import Path
@@ -26,31 +21,15 @@ import jax.numpy as jnp
 import numpy as np
 
 import jaxseq
-from benchmarks.contenders import _loss_of
-from benchmarks.run import CONFIGS
-
-ROOT = Path(__file__).resolve().parents[1]
-
-
-def load_revision(rev: str, into: Path):
-    """Import ``jaxseq`` as it was at git revision ``rev`` under the name ``jaxseq_rev``."""
-    blob = subprocess.run(["git", "archive", rev, "jaxseq"], cwd=ROOT, capture_output=True,
-                          check=True).stdout
-    with tarfile.open(fileobj=io.BytesIO(blob)) as tar:
-        tar.extractall(into, filter="data")
-    package = into / "jaxseq_rev"
-    (into / "jaxseq").rename(package)
-    for path in package.rglob("*.py"):
-        path.write_text(re.sub(r"\bjaxseq\b", "jaxseq_rev", path.read_text()))
-    sys.path.insert(0, str(into))
-    import jaxseq_rev
-    return jaxseq_rev
+from benchmarks.configs import CONFIGS, GROUPS
+from benchmarks.contenders import objective
+from benchmarks.revision import load_revision
 
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("rev", help="git revision to compare against, e.g. a commit or tag")
-    parser.add_argument("--config", action="append", choices=sorted(CONFIGS))
+    parser.add_argument("--config", action="append", choices=sorted(GROUPS["main"]))
     parser.add_argument("--runs", type=int, default=11)
     args = parser.parse_args(argv)
     jax.config.update("jax_default_matmul_precision", "highest")
@@ -65,10 +44,12 @@ def main(argv=None) -> int:
             steps = {}
             for lib in (jaxseq, old):
                 for traced in (False, True):
-                    def loss(p, xx, lens, lib=lib):
-                        return _loss_of(cfg.mode, *lib.functional.recurrent(cfg.mode, p, xx, lens))
+                    def loss(p, xx, lens, lib=lib, cfg=cfg):
+                        return objective(cfg, *lib.functional.recurrent(cfg.mode, p, xx, lens),
+                                         jnp.zeros(()))
                     grad = jax.value_and_grad(loss, argnums=(0, 1))
-                    fn = jax.jit(grad) if traced else jax.jit(lambda p, xx, g=grad: g(p, xx, lengths))
+                    fn = jax.jit(grad) if traced else jax.jit(
+                        lambda p, xx, g=grad, lens=lengths: g(p, xx, lens))
                     fargs = (params, x, jnp.asarray(lengths, jnp.int32)) if traced else (params, x)
                     start = time.perf_counter()
                     value = float(jax.block_until_ready(fn(*fargs))[0])

@@ -1,23 +1,19 @@
 """Where the compile time of a jitted training step goes, per path and option.
 
-    python -m benchmarks.compile_time [--config NAME] [--runs N] [--quick]
-
-For one config, each variant's first jitted training step is built from cold caches
-(``jax.clear_caches()``, so jaxseq's cached core is traced again) and split into tracing +
-lowering and XLA compilation (wall clock and process CPU time); the compiled program's size
-(HLO instructions, while loops) says what XLA had to compile, and a few interleaved rounds give
-its step time, so each compile-time saving is shown with its run-time price. Variants: traced
-lengths, packed rows, the staircase with 2 to 8 chunks, the staircase without the
-``optimization_barrier`` on host lengths (``jaxseq/scan.py``; a local patch of this process),
-and XLA compiler options that trade code quality for compile time, passed to this one
+A section of ``python -m benchmarks.run --levers``. For one config, each variant's first jitted
+training step is built from cold caches (``jax.clear_caches()``, so jaxseq's cached core is traced
+again) and split into tracing + lowering and XLA compilation (wall clock and process CPU time); the
+compiled program's size (HLO instructions, while loops) says what XLA had to compile, and a few
+interleaved rounds give its step time, so each compile-time saving is shown with its run-time
+price. Variants: traced lengths, packed rows, the staircase with 2 to 8 chunks, the staircase
+without the ``optimization_barrier`` on host lengths (``jaxseq/scan.py``; a local patch of this
+process), and XLA compiler options that trade code quality for compile time, passed to this one
 compilation (``Lowered.compile(compiler_options)``, no global flags).
 """
 from __future__ import annotations
 
-import argparse
 import contextlib
 import re
-import sys
 from collections.abc import Callable, Iterator
 from functools import partial
 from typing import Any, Optional
@@ -26,14 +22,10 @@ import jax
 import numpy as np
 
 import jaxseq.scan
-from benchmarks.contenders import (
-    BenchConfig,
-    Contender,
-    compile_step,
-    jax_step_fn,
-    packed_step_fn,
-)
+from benchmarks.configs import CONFIGS, BenchConfig, quick_config
+from benchmarks.contenders import jax_step_fn, packed_step_fn
 from benchmarks.floor import gemm_floor
+from benchmarks.timing import Contender, compile_step, time_round_robin
 from jaxseq import functional
 
 BREAKDOWN_TEXT = """`benchmarks/compile_time.py` (config `lstm`, cold caches for every variant): the
@@ -119,8 +111,6 @@ def _program_size(compiled: Any) -> tuple[int, int, str]:
 def breakdown_rows(config: str = "lstm", runs: Optional[int] = None,
                    quick: bool = False) -> list[dict]:
     """One row per variant: compile split, program size, step time."""
-    from benchmarks.run import CONFIGS, quick_config, time_round_robin
-
     jax.config.update("jax_default_matmul_precision", "highest")
     cfg = quick_config(CONFIGS[config]) if quick else CONFIGS[config]
     rows, contenders = [], []
@@ -151,16 +141,3 @@ def breakdown_table(rows: list[dict]) -> list[str]:
                      f"{r['loop_kernels']} | {r['ms']:.1f} |")
     return lines
 
-
-def main(argv: Optional[list[str]] = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--config", default="lstm")
-    parser.add_argument("--runs", type=int, help="timed rounds (default 5)")
-    parser.add_argument("--quick", action="store_true")
-    args = parser.parse_args(argv)
-    print("\n".join(breakdown_table(breakdown_rows(args.config, args.runs, args.quick))))
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

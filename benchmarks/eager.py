@@ -1,26 +1,19 @@
 """Eager (un-jitted) calls, notebook style: one layer call per cell, new lengths every call.
 
-    python -m benchmarks.eager [--calls N] [--rev REV] [--quick]
-
-B8 T30 I16 H32, float32: a 1-layer jaxseq LSTM and a 2-layer bidirectional one, called outside
-``jit`` with fresh host lengths each call, against Flax ``nnx.RNN`` (``OptimizedLSTMCell``, the same
-shapes, ``seq_lengths``) called the same way, and against the same jaxseq call under ``jax.jit``
-(lengths traced). One row per contender: the first call (compilation included), the median of
-``calls`` later calls (interleaved round-robin with the other contenders), the XLA compilations
-per later call, and the median's ratio to Flax and to the jitted call. ``--rev REV`` also times
-jaxseq as it was at git revision ``REV`` (``git archive``, imported as ``jaxseq_rev``; nothing in
-the checkout changes).
+A section of ``python -m benchmarks.run --eager [--eager-rev REV]``. B8 T30 I16 H32, float32: a
+1-layer jaxseq LSTM and a 2-layer bidirectional one, called outside ``jit`` with fresh host
+lengths each call, against Flax ``nnx.RNN`` (``OptimizedLSTMCell``, the same shapes,
+``seq_lengths``) called the same way, and against the same jaxseq call under ``jax.jit`` (lengths
+traced). One row per contender: the first call (compilation included), the median of ``calls``
+later calls (interleaved round-robin with the other contenders), the XLA compilations per later
+call, and the median's ratio to Flax and to the jitted call. ``old``: an earlier jaxseq
+(:func:`benchmarks.revision.load_revision`) timed the same way.
 """
 from __future__ import annotations
 
-import argparse
 import contextlib
-import os
-import sys
-import tempfile
 import time
 from collections.abc import Callable, Iterator
-from pathlib import Path
 from typing import Any, Optional
 
 import jax
@@ -154,23 +147,3 @@ def eager_table(rows: list[dict]) -> list[str]:
                      f"{_times(r['vs_jitted'])} |")
     return lines
 
-
-def main(argv: Optional[list[str]] = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--calls", type=int, help="timed calls per contender (default 7)")
-    parser.add_argument("--rev", help="also time jaxseq at this git revision (e.g. HEAD)")
-    parser.add_argument("--quick", action="store_true", help="2 calls: a smoke test")
-    args = parser.parse_args(argv)
-    print(f"jax {jax.__version__} on {jax.default_backend()}, load {os.getloadavg()}")
-    with tempfile.TemporaryDirectory() as tmp:
-        old = None
-        if args.rev:
-            from benchmarks.compare_revisions import load_revision
-            old = load_revision(args.rev, Path(tmp))
-        rows = eager_rows(args.quick, args.calls, old, args.rev or "")
-    print("\n".join(eager_table(rows)))
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -11,9 +11,9 @@ shapes and (nearly) nothing else, per layer, with both directions stacked as jax
   ``T`` of ``h @ W_hh^T`` that saves the pre-activations ``[T, D, rows, G]`` and ``h``; the next
   ``h`` is a slice of the pre-activations (no gate math);
 * backward: a reverse scan over ``T`` of ``dgates @ W_hh`` (``dgates`` = saved pre-activations plus
-  the incoming gradient, one fused add), saving ``dgates``; then the three gradient GEMMs
-  ``dW_ih = x^T dgates``, ``dW_hh = h^T dgates`` and ``dx = dgates W_ih``, each one 2-D GEMM over
-  ``T * rows``.
+  the incoming gradient, one fused add), saving ``dgates``; then the gradient GEMMs
+  ``dW_ih = x^T dgates``, ``dW_hh = h^T dgates`` and ``dx = dgates W_ih`` (the first layer's only
+  when the step differentiates the input), each one 2-D GEMM over ``T * rows``.
 
 Layers are chained as in the real step (a layer's ``h`` sequence is the next layer's input; the
 ``dx`` of a layer is the gradient entering the backward loop of the one below). Weights are scaled
@@ -26,27 +26,17 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
+from typing import Optional
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
-from benchmarks.contenders import BenchConfig, Contender, compile_step
+from benchmarks.configs import GATES, BenchConfig
+from benchmarks.timing import Contender, compile_step
 
-GATES = {"LSTM": 4, "GRU": 3}
 PROJECTIONS = ("hoisted", "in_loop")
-
-
-def floor_flops(cfg: BenchConfig, rows: int) -> float:
-    """Matmul FLOPs of the floor over ``rows x T`` row-steps (forward 2 GEMMs, backward 4)."""
-    G = GATES[cfg.mode] * cfg.hidden_size
-    total = 0.0
-    for layer in range(cfg.num_layers):
-        fan_in = cfg.input_size if layer == 0 else cfg.directions * cfg.hidden_size
-        per_step = 2 * rows * G * (fan_in + cfg.hidden_size)        # x W_ih + h W_hh
-        total += cfg.directions * cfg.time * 3 * per_step            # backward: 2x forward
-    return total
 
 
 def _weights(cfg: BenchConfig, seed: int = 0) -> list[tuple[jax.Array, jax.Array]]:
@@ -87,8 +77,10 @@ def _layer_forward(x: jax.Array, w_ih: jax.Array, w_hh: jax.Array, hoisted: bool
 
 
 def _layer_backward(x: jax.Array, pre: jax.Array, hs: jax.Array, d_out: jax.Array,
-                    w_ih: jax.Array, w_hh: jax.Array) -> tuple[jax.Array, jax.Array, jax.Array]:
-    """Reverse scan of ``dgates @ W_hh`` and the three gradient GEMMs: ``(dx, dW_ih, dW_hh)``."""
+                    w_ih: jax.Array, w_hh: jax.Array, with_dx: bool
+                    ) -> tuple[Optional[jax.Array], jax.Array, jax.Array]:
+    """Reverse scan of ``dgates @ W_hh`` and the gradient GEMMs: ``(dx, dW_ih, dW_hh)`` (``dx``
+    only ``with_dx``)."""
     D, H, G = w_hh.shape
     R = x.shape[1]
     w_hh_t = jnp.swapaxes(w_hh, 1, 2)                                         # [D, G, H]
@@ -102,20 +94,26 @@ def _layer_backward(x: jax.Array, pre: jax.Array, hs: jax.Array, d_out: jax.Arra
     d_w_ih = jnp.stack([jnp.tensordot(x, dgates[:, d], axes=([0, 1], [0, 1])) for d in range(D)])
     d_w_hh = jnp.stack([jnp.tensordot(hs[:, d], dgates[:, d], axes=([0, 1], [0, 1]))
                         for d in range(D)])
-    dx = sum(_gemm(dgates[:, d], w_ih[d].T) for d in range(D))
+    dx = sum(_gemm(dgates[:, d], w_ih[d].T) for d in range(D)) if with_dx else None
     return dx, d_w_ih, d_w_hh
+
+
+def floor_flops(cfg: BenchConfig, rows: int) -> float:
+    """Matmul FLOPs of the floor over ``rows x T`` row-steps (forward 2 GEMMs, backward 3 or 4)."""
+    return cfg.matmul_flops(rows * cfg.padded_time)
 
 
 def gemm_floor(cfg: BenchConfig, rows: int, input_projection: str = "hoisted"
                ) -> tuple[Callable, tuple]:
     """``(floor, args)``: ``cfg``'s training-step products over ``rows`` rows of ``T`` steps,
-    with the input projection ``"hoisted"`` or ``"in_loop"``; ``floor(*args)`` returns ``dx`` and
-    every weight gradient."""
+    with the input projection ``"hoisted"`` or ``"in_loop"``; ``floor(*args)`` returns ``dx``
+    (when the config's step needs it) and every weight gradient."""
     if input_projection not in PROJECTIONS:
         raise ValueError(f"input_projection must be one of {PROJECTIONS}, got {input_projection!r}")
     weights = _weights(cfg)
+    T = cfg.padded_time
     x = jnp.asarray(np.random.default_rng(1).standard_normal(
-        (cfg.time, rows, cfg.input_size)).astype(np.float32))
+        (T, rows, cfg.input_size)).astype(np.float32))
     hoisted = input_projection == "hoisted"
 
     def floor(weights, x):
@@ -123,14 +121,15 @@ def gemm_floor(cfg: BenchConfig, rows: int, input_projection: str = "hoisted"
         for w_ih, w_hh in weights:
             pre, hs = _layer_forward(layer_in, w_ih, w_hh, hoisted)
             saved.append((layer_in, pre, hs))
-            layer_in = jnp.moveaxis(hs, 1, 2).reshape(cfg.time, rows, -1)    # [T, R, D*H]
+            layer_in = jnp.moveaxis(hs, 1, 2).reshape(T, rows, -1)           # [T, R, D*H]
         d_out, grads = hs, []
         for layer in reversed(range(cfg.num_layers)):
             inp, pre, hs = saved[layer]
-            dx, d_w_ih, d_w_hh = _layer_backward(inp, pre, hs, d_out, *weights[layer])
+            dx, d_w_ih, d_w_hh = _layer_backward(inp, pre, hs, d_out, *weights[layer],
+                                                 with_dx=layer > 0 or cfg.input_grad)
             grads.append((d_w_ih, d_w_hh))
             if layer:                                # [T, R, D*H] -> the layer below's [T, D, R, H]
-                d_out = jnp.moveaxis(dx.reshape(cfg.time, rows, cfg.directions, -1), 2, 1)
+                d_out = jnp.moveaxis(dx.reshape(T, rows, cfg.directions, -1), 2, 1)
         return dx, grads
 
     return floor, (weights, x)
@@ -144,5 +143,5 @@ def floor_step(cfg: BenchConfig, rows: int, input_projection: str, name: str) ->
     if not all(bool(jnp.isfinite(a).all()) for a in jax.tree.leaves(out)):
         raise FloatingPointError(f"the {name} floor of {cfg.name} overflowed")
     return Contender(name, lambda: jax.block_until_ready(compiled(*args)), math.nan, seconds, mb,
-                     f"{rows} rows x {cfg.time}, x @ W_ih {input_projection.replace('_', ' ')}",
+                     f"{rows} rows x {cfg.padded_time}, x @ W_ih {input_projection.replace('_', ' ')}",
                      exact=False, kind="floor", flops=floor_flops(cfg, rows))

@@ -41,7 +41,7 @@ TORCH_MAX_TIME = 1000
 
 
 def _config(time_steps: int, quick: bool):
-    from benchmarks.contenders import BenchConfig
+    from benchmarks.configs import BenchConfig
 
     return BenchConfig(f"bilstm2-T{time_steps}", time=time_steps,
                        **(QUICK_MODEL if quick else MODEL))
@@ -65,8 +65,8 @@ def measure(time_steps: int, contender: str, remat: Optional[int], rounds: int,
         torch.set_num_threads(1)   # on a shared machine its OpenMP threads wait for each other
         step = torch_step(cfg, cfg.torch_module(), "cpu").step
     else:
-        def run(p, x, lengths):
-            return functional.recurrent(cfg.mode, p, x, lengths, remat=remat)
+        def run(p, x, lengths, hx):
+            return functional.recurrent(cfg.mode, p, x, lengths, hx, remat=remat)
 
         fn, args = jax_step_fn(cfg, cfg.torch_module(), run, traced_lengths=True)
         start = time.perf_counter()

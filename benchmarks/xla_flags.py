@@ -1,19 +1,17 @@
 """XLA CPU flags against no flags: jaxseq's training step, each setting in its own process.
 
-    python -m benchmarks.xla_flags [--config NAME ...] [--passes N] [--runs N] [--quick]
-
-``XLA_FLAGS`` is read once, when the XLA client starts, so every setting runs in a fresh
-subprocess (``--child``), which times jaxseq's training step on packed rows and with traced
-lengths (interleaved rounds, medians) and reports the compile time of each. The parent runs every
-setting, no flags included, once per pass (in an order rotated from pass to pass, so that drifting
-load from other processes does not favour one setting) and reports each setting's times as ratios
-to the no-flags run of the same pass (median over passes). jaxseq sets no global flags: this is
-documentation for users, who may set ``XLA_FLAGS`` for their process, or pass the same options to
-one function with ``jax.jit(fn, compiler_options={"xla_cpu_...": value})``.
+A section of ``python -m benchmarks.run --levers``. ``XLA_FLAGS`` is read once, when the XLA client
+starts, so every setting runs in a fresh subprocess (:func:`child`), which times jaxseq's training
+step on packed rows and with traced lengths (interleaved rounds, medians) and reports the compile
+time of each. The parent runs every setting, no flags included, once per pass (in an order rotated
+from pass to pass, so that drifting load from other processes does not favour one setting) and
+reports each setting's times as ratios to the no-flags run of the same pass (median over passes).
+jaxseq sets no global flags: this is documentation for users, who may set ``XLA_FLAGS`` for their
+process, or pass the same options to one function with ``jax.jit(fn,
+compiler_options={"xla_cpu_...": value})``.
 """
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import subprocess
@@ -56,8 +54,9 @@ def child(configs: list[str], runs: int, quick: bool) -> None:
     """Time jaxseq's paths in this process (under the inherited ``XLA_FLAGS``); print JSON lines."""
     import jax
 
+    from benchmarks.configs import CONFIGS, quick_config
     from benchmarks.contenders import jaxseq_packed_step, jaxseq_step
-    from benchmarks.run import CONFIGS, quick_config, time_round_robin
+    from benchmarks.timing import time_round_robin
 
     jax.config.update("jax_default_matmul_precision", "highest")
     for name in configs:
@@ -75,8 +74,8 @@ def child(configs: list[str], runs: int, quick: bool) -> None:
 def _run_setting(flags: str, configs: list[str], runs: int, quick: bool) -> list[dict]:
     env = dict(os.environ, XLA_FLAGS=flags, PYTHONPATH=os.pathsep.join(
         [str(ROOT)] + [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]))
-    argv = [sys.executable, "-m", "benchmarks.xla_flags", "--child", "--runs", str(runs)]
-    argv += [a for name in configs for a in ("--config", name)] + (["--quick"] if quick else [])
+    argv = [sys.executable, "-c", "import json, sys; from benchmarks.xla_flags import child; "
+            "child(*json.loads(sys.argv[1]))", json.dumps([configs, runs, quick])]
     done = subprocess.run(argv, cwd=ROOT, env=env, capture_output=True, text=True, timeout=1800)
     if done.returncode != 0:
         tail = (done.stderr or done.stdout).strip().splitlines()[-1:] or ["?"]
@@ -141,22 +140,3 @@ def flag_table(rows: list[dict]) -> list[str]:
                      f"{r['compile_s']:.1f} ({r['compile_cpu_s']:.1f}) | {r['loss_rel_diff']:.1e} |")
     return lines
 
-
-def main(argv: Optional[list[str]] = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
-    parser.add_argument("--config", action="append", help="benchmark config (default lstm, bilstm2)")
-    parser.add_argument("--passes", type=int, help="passes over all settings (default 2)")
-    parser.add_argument("--runs", type=int, help="timed rounds per process (default 9)")
-    parser.add_argument("--quick", action="store_true", help="tiny shapes, two settings")
-    args = parser.parse_args(argv)
-    if args.child:
-        child(args.config or ["lstm"], args.runs or 9, args.quick)
-        return 0
-    rows = flag_rows(args.quick, args.config, args.passes, args.runs)
-    print("\n".join(flag_table(rows)))
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())
