@@ -76,7 +76,7 @@ from jaxseq.segments import (
 )
 from jaxseq.validation import check_lengths, checked
 
-__version__ = "0.3.0"
+__version__ = "0.4.0"
 
 __all__ = [
     "CRF",
