@@ -11,7 +11,7 @@ Parameters have torch's names and shapes: ``weight_ih [G, I]``, ``weight_hh [G, 
 """
 from __future__ import annotations
 
-from typing import Any, ClassVar
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -20,11 +20,11 @@ from flax import nnx
 from jaxseq import functional
 from jaxseq import init as initializers
 from jaxseq.layout import Structure, cell_param_shapes
-from jaxseq.torch_attributes import TorchAttributes
+from jaxseq.torch_attributes import StructureAttributes
 from jaxseq.validation import check_floating, check_size, rejects_torch
 
 
-class CellBase(TorchAttributes, nnx.Module):
+class CellBase(StructureAttributes, nnx.Module):
     """Shared implementation of :class:`LSTMCell`, :class:`GRUCell` and :class:`RNNCell`.
 
     Extra keyword arguments (beyond torch's):
@@ -37,8 +37,6 @@ class CellBase(TorchAttributes, nnx.Module):
     on :class:`RNNCell`); ``mode`` is the gate kind, as on the layers.
     """
 
-    TORCH_ATTRIBUTES: ClassVar[tuple[str, ...]] = ("mode", "input_size", "hidden_size", "bias")
-
     def __init__(self, mode: str, input_size: int, hidden_size: int, bias: bool = True, *,
                  rngs: nnx.Rngs, param_dtype: Any = jnp.float32,
                  init: str | initializers.Initializer = "torch_default"):
@@ -49,22 +47,6 @@ class CellBase(TorchAttributes, nnx.Module):
         values = initializers.initialize(init, rngs.params(), self.structure, param_dtype)
         for name in self.param_shapes():
             setattr(self, name, nnx.Param(values[f"{name}_l0"]))
-
-    @property
-    def mode(self) -> str:
-        return self.structure.mode
-
-    @property
-    def input_size(self) -> int:
-        return self.structure.input_size
-
-    @property
-    def hidden_size(self) -> int:
-        return self.structure.hidden_size
-
-    @property
-    def bias(self) -> bool:
-        return self.structure.bias
 
     def param_shapes(self) -> dict[str, tuple[int, ...]]:
         """Torch parameter names and shapes of this cell, in ``state_dict`` order."""

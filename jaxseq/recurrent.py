@@ -23,11 +23,11 @@ from jaxseq.fused import IMPLS, cudnn_problem
 from jaxseq.layout import Structure, describe, param_name, param_shapes
 from jaxseq.scan import Staircase, scan_options
 from jaxseq.segments import infer_max_segments
-from jaxseq.torch_attributes import TorchAttributes
+from jaxseq.torch_attributes import StructureAttributes
 from jaxseq.validation import check_floating, check_size, rejects_torch
 
 
-class RecurrentBase(TorchAttributes, nnx.Module):
+class RecurrentBase(StructureAttributes, nnx.Module):
     """Shared implementation of :class:`LSTM`, :class:`GRU` and :class:`RNN` (use those).
 
     Extra keyword arguments (beyond torch's):
@@ -139,25 +139,8 @@ class RecurrentBase(TorchAttributes, nnx.Module):
 
     # -- torch-facing views ------------------------------------------------------------------
     @property
-    def mode(self) -> str:
-        """torch's ``mode``: ``"LSTM"``, ``"GRU"``, ``"RNN_TANH"`` or ``"RNN_RELU"``."""
-        return self.structure.mode
-
-    @property
-    def input_size(self) -> int:
-        return self.structure.input_size
-
-    @property
-    def hidden_size(self) -> int:
-        return self.structure.hidden_size
-
-    @property
     def num_layers(self) -> int:
         return self.structure.num_layers
-
-    @property
-    def bias(self) -> bool:
-        return self.structure.bias
 
     @property
     def bidirectional(self) -> bool:

@@ -10,7 +10,10 @@ raises an ``AttributeError`` that says what to do instead.
 """
 from __future__ import annotations
 
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
+
+if TYPE_CHECKING:
+    from jaxseq.layout import Structure
 
 
 class TorchAttributes:
@@ -42,3 +45,28 @@ class TorchAttributes:
                 "jaxseq.load_torch_state_dict(new, jaxseq.torch_state_dict(old)) when they keep "
                 "their shapes")
         super().__setattr__(name, value)
+
+
+class StructureAttributes(TorchAttributes):
+    """Mixin for the cells and layers: torch's attributes that their
+    :class:`jaxseq.layout.Structure` (``self.structure``) holds, read-only."""
+
+    structure: Structure
+    TORCH_ATTRIBUTES: ClassVar[tuple[str, ...]] = ("mode", "input_size", "hidden_size", "bias")
+
+    @property
+    def mode(self) -> str:
+        """torch's ``mode``: ``"LSTM"``, ``"GRU"``, ``"RNN_TANH"`` or ``"RNN_RELU"``."""
+        return self.structure.mode
+
+    @property
+    def input_size(self) -> int:
+        return self.structure.input_size
+
+    @property
+    def hidden_size(self) -> int:
+        return self.structure.hidden_size
+
+    @property
+    def bias(self) -> bool:
+        return self.structure.bias
