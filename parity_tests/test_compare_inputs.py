@@ -160,6 +160,42 @@ class TorchCaching(nn.Module):
         return self.memory
 
 
+@pytest.mark.parametrize("dtype", ["float64", "float32"])
+def test_a_port_built_with_eval_shape_is_compared_without_a_random_init(dtype):
+    """``nnx.eval_shape(build)`` leaves abstract variables: the compared copy keeps them abstract
+    in the compared dtype and the load fills them, so the report equals the concrete port's; an
+    abstract model is left untouched. An RNG stream (no key survives ``eval_shape``) is named
+    with the fix."""
+    torch_model, concrete = _models()
+    abstract = nnx.eval_shape(lambda: JaxScaler(nnx.Rngs(0)))
+
+    def torch_loss(m, b):
+        return (m(b["inputs"]) ** 2).sum()
+
+    def jax_loss(m, b):
+        return (m(b["inputs"]) ** 2).sum()
+
+    got = compare_models(torch_model, abstract, _batch(), torch_loss=torch_loss,
+                         jax_loss=jax_loss, dtype=dtype)
+    want = compare_models(torch_model, concrete, _batch(), torch_loss=torch_loss,
+                          jax_loss=jax_loss, dtype=dtype)
+    got.assert_close(rtol=1e-10 if dtype == "float64" else 1e-5)
+    assert [(e.kind, e.name, e.shape) for e in got.entries] == [
+        (e.kind, e.name, e.shape) for e in want.entries]
+    assert [(e.max_abs, e.scale) for e in got.entries] == [
+        (e.max_abs, e.scale) for e in want.entries]                  # the same computation
+    assert isinstance(abstract.lin.kernel.get_value(), jax.ShapeDtypeStruct)  # not modified
+
+    class WithDropout(JaxScaler):
+        def __init__(self, rngs: nnx.Rngs):
+            super().__init__(rngs)
+            self.drop = nnx.Dropout(0.5, rngs=rngs)
+
+    with pytest.raises(ValueError, match=r"RNG streams without a key.*nnx\.reseed"):
+        compare_models(torch_model, nnx.eval_shape(lambda: WithDropout(nnx.Rngs(0))), _batch(),
+                       torch_loss=torch_loss, jax_loss=jax_loss)
+
+
 def test_a_torch_model_caching_tensors_with_history_is_copied_and_named():
     torch.manual_seed(2)
     torch_model = TorchCaching()

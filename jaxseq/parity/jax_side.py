@@ -120,12 +120,17 @@ def _is_float_dtype(value: Any) -> bool:
 
 def cast_clone(model: nnx.Module, np_dtype: Any) -> tuple[nnx.Module, list[str]]:
     """A copy of ``model`` with every floating variable (parameters, batch statistics...) cast and
-    every computation dtype set to ``np_dtype``; also the ``module.attribute (was ...)`` changed."""
+    every computation dtype set to ``np_dtype``; also the ``module.attribute (was ...)`` changed.
+    Abstract variables (a model built with ``nnx.eval_shape``) stay abstract, with the new dtype,
+    for :func:`jaxseq.load_torch_state_dict` to fill."""
     graphdef, state = nnx.split(model)
 
     def cast(x: Any) -> Any:             # on the host: no compilation per shape
-        floating = jnp.issubdtype(x.dtype, jnp.floating)
-        return jax.device_put(np.asarray(x).astype(np_dtype)) if floating else x
+        if not jnp.issubdtype(x.dtype, jnp.floating):
+            return x
+        if isinstance(x, jax.ShapeDtypeStruct):   # built with nnx.eval_shape: filled by loading
+            return jax.ShapeDtypeStruct(x.shape, np_dtype)
+        return jax.device_put(np.asarray(x).astype(np_dtype))
 
     clone = nnx.merge(graphdef, jax.tree.map(cast, state))
     changed = []

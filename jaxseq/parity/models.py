@@ -99,7 +99,10 @@ def compare_models(torch_model: torch.nn.Module, jax_model: nnx.Module, batch: A
         between calls), which ``copy.deepcopy`` refuses, are copied detached (the report's notes
         name them).
       jax_model: its Flax NNX port, in the matching mode (``model.train()`` / ``model.eval()``);
-        its submodules named like the torch ones (or mapped with ``rename``).
+        its submodules named like the torch ones (or mapped with ``rename``). It may be built with
+        ``nnx.eval_shape`` (no random initialisation): its abstract variables are filled by the
+        load (an RNG stream needs ``nnx.reseed`` first, as for
+        :func:`jaxseq.load_torch_state_dict`).
       batch: a pytree of numpy arrays given to both sides: to ``torch_loss`` as torch tensors (on
         the torch model's device), to ``jax_loss`` as JAX arrays; floating arrays are cast to
         ``dtype`` (except under ``keep_dtype``), integer ones kept. Python numbers arrive as
