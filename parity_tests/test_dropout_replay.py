@@ -13,6 +13,8 @@ import torch
 import torch.nn.functional as F
 from flax import nnx
 from torch import nn
+from torch.nn.functional import dropout as bound_dropout
+from torch.nn.functional import dropout1d as bound_dropout1d
 
 import jaxseq
 from jaxseq.parity import compare_models
@@ -276,6 +278,24 @@ def test_channels_first_masks_are_moved_last_even_when_shapes_agree():
                             torch_loss=lambda m, b: (m(b["x"]) ** 3).sum(),
                             jax_loss=lambda m, b: (m(b["x"]) ** 3).sum(), dropout="replay")
     report.assert_close(rtol=1e-10)
+
+
+class TorchBound(TorchConv):
+    """The functional dropouts bound by name at import, before compare_models patches ``F``."""
+
+    def forward(self, x):                               # [B, L, E]
+        y = bound_dropout(self.conv(x.transpose(1, 2)), 0.3, training=True)
+        return bound_dropout1d(y, 0.4, training=True, inplace=True).transpose(1, 2)
+
+
+def test_dropout_bound_by_name_before_the_call_is_recorded():
+    torch.manual_seed(5)
+    x = np.random.default_rng(5).standard_normal((B, C, E))
+    report = compare_models(TorchBound().train(), JaxConv(nnx.Rngs(5)), {"x": x},
+                            torch_loss=lambda m, b: (m(b["x"]) ** 3).sum(),
+                            jax_loss=lambda m, b: (m(b["x"]) ** 3).sum(), dropout="replay")
+    report.assert_close(rtol=1e-10)
+    assert torch._VF.dropout(torch.ones(2), 0.5, False).tolist() == [1.0, 1.0]   # restored
 
 
 def test_refused_draws_and_bad_arguments():

@@ -17,8 +17,10 @@ torch (:class:`TorchDraws`, patches for the duration of ``torch_loss`` only):
 * refused with a ``ValueError`` when they draw: ``F.alpha_dropout``, ``F.feature_alpha_dropout``
   (no JAX twin), ``F.scaled_dot_product_attention(dropout_p > 0)`` (drawn inside the kernel), a
   ``bernoulli`` with varying probabilities (not a dropout), an unbatched input to such an RNN.
-  A draw that does not go through these functions (``torch.rand(...) < q``, a name bound before
-  the call with ``from torch.nn.functional import dropout``) is not seen: the counts then differ.
+  The functional forms are caught again one level down (``torch._VF.dropout`` /
+  ``feature_dropout``, which they call), so a name bound before the call (``from
+  torch.nn.functional import dropout``) is recorded too. A draw that goes through none of these
+  (``torch.rand(...) < q``) is not seen: the counts then differ.
   A draw with rate 0 or 1 is not a draw on either side.
 
 JAX (:class:`JaxReplay`, while the loss is traced): ``jax.random.bernoulli`` is replaced, so every
@@ -183,6 +185,19 @@ class TorchDraws:
             return self.dropout(f"F.{name}", input, p, training, inplace, shape, lead == 2)
         return drop
 
+    def _vf(self, name: str, *, feature: bool, inplace: bool) -> Callable[..., torch.Tensor]:
+        """``(input, p, train)`` dropout: ``torch.dropout``, and ``torch._VF.(feature_)dropout(_)``,
+        what torch's own ``F.dropout*`` call, reached only by a function bound before the patches
+        (``from torch.nn.functional import dropout``); feature dropout gets its input batched,
+        ``[N, C, ...]``: one draw per channel."""
+        def drop(input: torch.Tensor, p: float, train: bool) -> torch.Tensor:
+            if feature:
+                shape = tuple(input.shape[:2]) + (1,) * (input.dim() - 2)
+                return self.dropout(name, input, p, train, inplace, shape, True)
+            return self.dropout(name, input, p, train, inplace, input.shape,
+                                self.modules.channels_first(input))
+        return drop
+
     def _refused(self, name: str, why: str, draws: Callable[..., bool]) -> Callable[..., Any]:
         original = _lookup(name)
 
@@ -284,15 +299,16 @@ class TorchDraws:
             (F, "dropout1d", self._feature("dropout1d", 3)),
             (F, "dropout2d", self._feature("dropout2d", 4)),
             (F, "dropout3d", self._feature("dropout3d", 5)),
-            (torch, "dropout", lambda input, p, train: self.dropout(
-                "torch.dropout", input, p, train, False, input.shape,
-                self.modules.channels_first(input))),
+            (torch, "dropout", self._vf("torch.dropout", feature=False, inplace=False)),
             (F, "alpha_dropout", alpha), (F, "feature_alpha_dropout", feature_alpha),
             (F, "scaled_dot_product_attention", sdpa),
             (torch.Tensor, "bernoulli_", lambda t, *a, **k: self._tensor_bernoulli_(t, *a, **k)),
             (torch.Tensor, "bernoulli", lambda t, *a, **k: self._torch_bernoulli(t, *a, **k)),
             (torch, "bernoulli", self._torch_bernoulli),
         ]
+        patches += [(torch._VF, f"{kind}dropout{inplace * '_'}",
+                     self._vf(f"F.{kind}dropout", feature=kind == "feature_", inplace=inplace))
+                    for kind in ("", "feature_") for inplace in (False, True)]
         patches += [(cls, "forward", self._rnn_forward(cls.forward)) for cls in _RNN_CLASSES]
         with patched(patches):
             yield
