@@ -237,7 +237,8 @@ KEPT_MARKER = ("<!-- Measured analyses (other scripts, several runs): `benchmark
 
 def kept_tail(existing: str) -> str:
     """The part of an earlier ``docs/benchmarks.md`` that a regeneration keeps: everything from
-    :data:`KEPT_MARKER` on (the fastrnns analysis, the long-sequence table), or ``""``."""
+    :data:`KEPT_MARKER` on (the analyses of particular runs: the GEMM floor and packed rows of
+    2026-12-02, the fastrnns configs, the long-sequence table), or ``""``."""
     start = existing.find(KEPT_MARKER)
     return existing[start:] if start >= 0 else ""
 
@@ -356,84 +357,6 @@ NOTES = """## Reading the numbers
   `--torch-threads 1` on a loaded machine. The load average is recorded at the start and end of
   the run; on a loaded machine, prefer the ratios (every contender in the same rounds) and the CPU
   times over absolute wall-clock figures.
-
-## What the 2026-12-02 run on the 2-core AMD EPYC says
-
-- GEMM floor: jaxseq on packed rows is 1.07x (bilstm2) to 1.24x (long, gru) its floor, 1.66x on
-  `small` (H 32); with traced lengths it is 0.93-1.03x its padded floor for the LSTM configs (the
-  floor is the products in bare loops, not a proven bound), 1.30x for GRU, 1.40x on `small`. What
-  separates jaxseq from the floor is a fixed cost per time step: its forward and backward loop
-  bodies launch 16 and 19 kernels per step with traced lengths, 17 and 18 on packed rows
-  (fusions, copies, in-place updates; `kernels per step` in the compile breakdown), the floor's 8
-  and 6, and the CPU runtime runs them one after the other. The fewer the rows (packed rows,
-  `small`), the larger that share. Measured and dropped: writing the LSTM gate math as one
-  sigmoid over `i, f, o`, or as a sigmoid through `tanh` over all 4H: XLA still emits 13-15
-  kernels per step, same time (a bare forward loop, B64, H 32 and 256).
-- `input_projection`: `"in_loop"` is faster on every config here (hoisted 1.06-1.33x slower for
-  jaxseq, 1.08-1.28x for the floors; only the `small` packed floor ties), so the CPU default
-  `"in_loop"` is right on this AMD EPYC. The 2-core Intel Xeon of the project notes preferred
-  `"hoisted"`: `jaxseq.tuning.measure_input_projection` decides it per machine.
-- XLA CPU flags: none pays here. Over this run and an earlier one, CPU-time ratios to no flags
-  were 0.92-1.21x for XNNPACK, oneDNN, the legacy (non-thunk) runtime, single-threaded Eigen,
-  fast math and `xla_llvm_disable_expensive_passes`; turning the default YNNPACK dots off costs
-  1.15-1.37x, LLVM opt level 0 2.2-2.5x. Wall-clock ratios between processes swing by +-40% on
-  this shared machine, so the CPU-time ratios are the ones to read. The Intel Xeon lead (XNNPACK:
-  packed-row step 124 -> 107 ms) does not reproduce here. jaxseq sets no flags.
-- Compile time (2 cores; CPU seconds are about twice the wall seconds on an idle machine, as XLA
-  compiles on both cores): traced lengths about 1.6 CPU s (1.0 s wall when the machine was
-  quiet), packed rows 2.0-2.2 CPU s (1.3 s), forward mode 1.4-1.6 CPU s, the staircase with 6
-  chunks 7.4-8.0 CPU s (4.3 s). Tracing and lowering are 0.1-0.3 s (staircase 0.5-1 s); the rest
-  is XLA. The staircase's time grows by about 1 CPU s per chunk, each chunk being a forward and a
-  backward loop with their own kernels: 2.7 CPU s with 2 chunks, 4.2 with 3, 5.2 with 4, 7.4
-  with 6, 9.6 with 8. The `optimization_barrier` on host lengths stays: without it XLA
-  constant-folds the row permutations (and warns that folding a scatter takes over 1 s), and the
-  compile takes 11.6 CPU s instead of 7.4 for the same step time. Proposals, measured:
-  - ask for `time_chunks=4` rather than 6: the same step time (options table: 71.8 vs 73.1 ms;
-    breakdown: 60.7 vs 64.0 ms) for 5.2 instead of 7.4 CPU s (about 3 s wall); 2 chunks compile
-    under 3 s wall (2.7 CPU s) and keep about half of the staircase's gain (80.9 ms against 92.9
-    for the plain scan and 73.1 for 6 chunks);
-  - a persistent compilation cache for repeated runs (`jax.config.update(
-    "jax_compilation_cache_dir", path)` with `jax_persistent_cache_min_compile_time_secs = 0`):
-    in a second process the config-`lstm` step compiled in 0.06 s (traced lengths), 0.08 s
-    (packed rows) and 0.47 s (staircase, 6 chunks), against 1.4, 2.1 and 8 CPU s cold; the
-    staircase's tracing (about 1 s) remains (two processes sharing a cache directory,
-    2026-12-02, not part of this script);
-  - not LLVM opt level 0 (`compiler_options={"xla_backend_optimization_level": 0}`): 35-45% less
-    compile time for 2.4-2.8x slower steps; `xla_llvm_disable_expensive_passes` saves nothing.
-
-## Packed rows: what limits them here
-
-- Density is bounded by the batch itself: config `lstm` has 39 sequences longer than `T/2 = 50`,
-  so no packing of its 64 sequences into rows of 100 uses fewer than 39 rows (92% at best;
-  `pack_rows` finds 40, 89.8%); config `bilstm2` has 21 sequences longer than 100, so at least 21
-  rows of 200 (88% at best; `pack_rows` finds 22, 84%). Packing a whole data set instead of one
-  batch reaches 99.9% (the character LM example: 32000 words in rows of 64).
-- The fixed per-step cost of the loops (above) dominates, so going from 64 padded rows to 40
-  packed rows saves less than the 38% of row-steps. Resets at segment starts and per-segment
-  final states cost 4-7% (config `lstm`: the packed step against a traced-length step over the
-  same 40 rows, same process).
-- Measured and dropped (not in the library): a staircase over *traced* lengths (rows sorted on
-  device, 4 time chunks, `lax.switch` among 4 static active-row counts per chunk) on config `lstm`:
-  227.8 ms against 222.4 ms for the plain traced masked scan, same loss, compile 9.9 s against
-  1.7 s. Reverse-mode AD of `lax.switch` keeps every branch's residuals and the branches' small
-  matmuls cost as much as the skipped padding.
-
-## Where jaxseq's speed comes from (see `jaxseq/scan.py`)
-
-- Compute on valid tokens only, when asked for (the staircase, `time_chunks > 1` with concrete
-  lengths): the `time_chunks` rows of the options table; `time_chunks=1` (the default) is the
-  plain masked scan over `B * T` steps.
-- A hand-written VJP for the scan: the backward loop does one `dgates @ W_hh` per step; every
-  weight gradient and the input gradient are large GEMMs after the loop (autodiff of `lax.scan`
-  accumulates `[F, G]` and `[H, G]` weight gradients at every step: `plain masked scan` in the
-  options table). The gate gradients overwrite the saved pre-activations in place, so no extra
-  `[T, B, G]` buffer is allocated.
-- The input projection where this machine prefers it (the `input_projection` table).
-- `forward_mode=True` in the options table: the masked scan with a custom JVP (forward mode,
-  Hessians) instead of the hand-written VJP; its reverse mode is JAX's transpose of the JVP, which
-  costs a fresh gate-gradient buffer of `[T, B, G]` and its zero-fill.
-- Measured and dropped earlier: `unroll > 1` (slower and slower to compile), separate scans per
-  direction (no gain), a concatenated `[x, h] @ [W_ih; W_hh]` matmul (no gain).
 """
 
 
