@@ -225,8 +225,13 @@ def _plant(bug: str, jax_model: port_tts.Tacotron, monkeypatch) -> None:
         monkeypatch.setattr(jax_model.encoder.convolutions[0].conv, "padding", [(1, 3)])
     elif bug == "attention without mask":
         monkeypatch.setattr(port_tts.Attention, "__call__", _unmasked_attention)
-    else:                                       # torch's eps is 1e-5
-        monkeypatch.setattr(jax_model.postnet.convolutions[1].norm, "eps", 1e-3)
+    else:          # torch's eps is 1e-5; eps is read-only: a new norm with the old one's state
+        old = jax_model.postnet.convolutions[1].norm
+        norm = jaxseq.BatchNorm(old.num_features, eps=1e-3, momentum=old.momentum,
+                                batch_first=old.batch_first, param_dtype=old.weight.dtype,
+                                deterministic=old.deterministic)
+        jaxseq.load_torch_state_dict(norm, jaxseq.torch_state_dict(old))
+        monkeypatch.setattr(jax_model.postnet.convolutions[1], "norm", norm)
 
 
 @pytest.mark.parametrize("bug, where", [
