@@ -12,8 +12,8 @@
   the postnet's batch-norm ``eps``; the example file is not edited) is named by
   ``report.first_divergence()``.
 
-Marked slow (one compilation of about 6 s of CPU each, or the full run): the float32 check, two
-of the three planted bugs, the full example.
+Marked slow (one compilation of about 6 s of CPU, or the full run): the float32 check, the full
+example.
 """
 from __future__ import annotations
 
@@ -235,16 +235,15 @@ def _plant(bug: str, jax_model: port_tts.Tacotron, monkeypatch) -> None:
 
 
 @pytest.mark.parametrize("bug, where", [
-    pytest.param("encoder conv padding", "encoder.convolutions.0.conv", marks=pytest.mark.slow),
+    ("encoder conv padding", "encoder.convolutions.0.conv"),
     ("attention without mask", "decoder.attention_layer[0]:0"),
-    pytest.param("postnet batch-norm eps", "postnet.convolutions.1.norm", marks=pytest.mark.slow),
+    ("postnet batch-norm eps", "postnet.convolutions.1.norm"),
 ])
 def test_first_divergence_names_the_module_with_the_planted_bug(ported, monkeypatch, bug, where):
     """The bug changes the loss and gradients everywhere downstream; the first module entry that
     fails, in torch's order of calls, is the module with the bug (the example file is unchanged:
-    an attribute of the JAX model or a method of its class is patched). One compilation each
-    (about 6 s of CPU): the bug inside the decoder loop runs by default, the other two with
-    ``-m slow``."""
+    a submodule of the JAX model or a method of its class is patched). One compilation each
+    (about 6 s of CPU)."""
     _plant(bug, ported[1], monkeypatch)
     report = check(ported)
     first = report.first_divergence()
