@@ -168,11 +168,6 @@ class TorchDraws:
         return x.mul_(scale) if inplace else x * scale
 
     # -- the patched functions ----------------------------------------------------------------
-    def _f_dropout(self, input: torch.Tensor, p: float = 0.5, training: bool = True,
-                   inplace: bool = False) -> torch.Tensor:
-        first = self.modules.channels_first(input)
-        return self.dropout("F.dropout", input, p, training, inplace, input.shape, first)
-
     def _feature(self, name: str, batched_ndim: int) -> Callable[..., torch.Tensor]:
         def drop(input: torch.Tensor, p: float = 0.5, training: bool = True,
                  inplace: bool = False) -> torch.Tensor:
@@ -187,9 +182,10 @@ class TorchDraws:
 
     def _vf(self, name: str, *, feature: bool, inplace: bool) -> Callable[..., torch.Tensor]:
         """``(input, p, train)`` dropout: ``torch.dropout``, and ``torch._VF.(feature_)dropout(_)``,
-        what torch's own ``F.dropout*`` call, reached only by a function bound before the patches
-        (``from torch.nn.functional import dropout``); feature dropout gets its input batched,
-        ``[N, C, ...]``: one draw per channel."""
+        what torch's own ``F.dropout*`` call (so ``F.dropout`` / ``nn.Dropout`` are recorded here,
+        also when bound by name before the patches; ``F.dropout1d/2d/3d`` are patched themselves,
+        for their names and unbatched shapes, and reach this only when bound by name); feature
+        dropout gets its input batched, ``[N, C, ...]``: one draw per channel."""
         def drop(input: torch.Tensor, p: float, train: bool) -> torch.Tensor:
             if feature:
                 shape = tuple(input.shape[:2]) + (1,) * (input.dim() - 2)
@@ -295,7 +291,6 @@ class TorchDraws:
         sdpa = self._refused("F.scaled_dot_product_attention", "its mask inside the kernel",
                              lambda *a, dropout_p=0.0, **k: (a[4] if len(a) > 4 else dropout_p) > 0)
         patches: list[tuple[Any, str, Any]] = [
-            (F, "dropout", self._f_dropout),
             (F, "dropout1d", self._feature("dropout1d", 3)),
             (F, "dropout2d", self._feature("dropout2d", 4)),
             (F, "dropout3d", self._feature("dropout3d", 5)),
